@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh clone: `make bench` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch is pinned (an open range can pull a multi-GB CUDA build); override e.g.
+#   make bench TORCH_SPEC='torch==2.15.0'
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell printf '%s' '$(TORCH_SPEC)' | md5sum | cut -c1-10)
+RUN ?= results/default
+
+.PHONY: install bench quick test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(TORCH_SPEC)'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+bench: install
+	$(PY) -m bench run --preset default --out $(RUN)
+	$(PY) -m bench report $(RUN)
+
+quick: install
+	$(PY) -m bench run --preset quick --out results/quick
+	$(PY) -m bench report results/quick
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) results/default results/quick

@@ -1,0 +1,134 @@
+"""Command line: ``mtlbench list|run|report``. All state lives in ``main``'s arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tabulate import tabulate
+
+from bench.errors import ConfigError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        raise ConfigError(message)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mtlbench", description="Benchmark multi-task learning strategies.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    lst = sub.add_parser("list", help="list registered components")
+    lst.add_argument("kind", choices=["weighting", "sharing", "datasets", "presets"])
+    lst.add_argument("--names", action="store_true", help="bare names, one per line")
+
+    run = sub.add_parser("run", help="run a sweep (resumes: finished trials are skipped)")
+    run.add_argument("spec", nargs="?", help="sweep TOML file")
+    run.add_argument("--preset", help="packaged preset (see `mtlbench list presets`)")
+    run.add_argument("--out", help="run directory (default: results/<sweep name>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a spec key, e.g. train.epochs=3")
+    run.add_argument("--executor", choices=["inline", "process"], help="override the spec's")
+    run.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    rep = sub.add_parser("report", help="write report.md for a run directory")
+    rep.add_argument("run_dir")
+    return parser
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from bench.config import preset_names
+    from bench.data import DATASETS
+    from strategies.sharing import SHARING
+    from strategies.weighting import WEIGHTING
+
+    if args.kind == "presets":
+        names = preset_names()
+        rows = [[n, ""] for n in names]
+        registry = None
+    else:
+        registry = {"weighting": WEIGHTING, "sharing": SHARING, "datasets": DATASETS}[args.kind]
+        names = registry.names()
+    if args.names:
+        print("\n".join(names))
+        return 0
+    if registry is not None:
+        rows = [
+            [
+                n,
+                registry.summary(n),
+                ", ".join(f"{h.name}={h.default!r}" for h in registry.hyperparameters(n)) or "—",
+            ]
+            for n in names
+        ]
+        print(tabulate(rows, headers=["name", "description", "hyperparameters (defaults)"]))
+    else:
+        print("\n".join(names))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import load_spec
+    from bench.executor import run_specs
+    from bench.grid import expand
+    from bench.store import RunStore
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers: must be at least 1")
+    # Everything is validated (and the grid built) before anything is written.
+    spec = load_spec(args.spec, preset=args.preset, overrides=args.overrides)
+    trials = expand(spec)
+    out = Path(args.out) if args.out else Path("results") / spec.name
+    store = RunStore(out)
+    sweep = spec.to_dict()
+    store.check_compatible(sweep)
+    store.write_manifest(sweep, [t.id for t in trials])
+
+    start = time.perf_counter()
+    outcome = run_specs(
+        trials,
+        store,
+        executor=args.executor or spec.executor,
+        workers=args.workers or spec.workers,
+        progress=not args.no_progress,
+        plugins=spec.plugins,
+    )
+    elapsed = time.perf_counter() - start
+    print(
+        f"{len(outcome.ran)} trials run, {outcome.skipped} already done, "
+        f"{len(outcome.failed)} failed, in {elapsed:.1f} s -> {out}"
+    )
+    for trial_id, status in outcome.failed.items():
+        print(f"  {trial_id}: {status}", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import write_report
+
+    path = write_report(args.run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mtlbench`` console script; returns the exit code."""
+    try:
+        args = _build_parser().parse_args(argv)
+        handler = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report}[args.command]
+        return handler(args)
+    except ConfigError as err:
+        print(f"mtlbench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mtlbench: interrupted (finished trials are kept; rerun to resume)", file=sys.stderr)
+        return 130

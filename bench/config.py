@@ -1,0 +1,341 @@
+"""Sweep specs: TOML files or packaged presets, ``--set`` overrides, and validation.
+
+A sweep spec names the axes (datasets, sharing architectures, weighting
+strategies, seeds) and the settings shared by all trials (model size, training).
+Everything is validated before anything runs; the first problem becomes a
+one-line :class:`~bench.errors.ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import tomllib
+from pydantic import Field
+
+from bench.errors import ConfigError
+from bench.registry import Registry, suggest
+
+__all__ = [
+    "AXES",
+    "Component",
+    "SweepSpec",
+    "load_spec",
+    "parse_override",
+    "preset_names",
+]
+
+AXES = ("dataset", "sharing", "weighting", "seed")
+
+_STRICT = pydantic.ConfigDict(extra="forbid", strict=True)
+
+
+class ModelSettings(pydantic.BaseModel):
+    """Network size shared by every architecture in the sweep."""
+
+    model_config = _STRICT
+    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default=[64, 64], min_length=1)
+    tower: list[Annotated[int, Field(ge=1, le=65536)]] = []
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+
+class TrainSettings(pydantic.BaseModel):
+    """Training budget and optimizer, identical for every trial (baselines included)."""
+
+    model_config = _STRICT
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    epochs: Annotated[int, Field(ge=1, le=100_000)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    eval_batch_size: Annotated[int, Field(ge=1)] = 4096
+    engine: Literal["loop", "batched"] = "loop"
+    device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")] = "cpu"
+
+
+class Filter(pydantic.BaseModel):
+    """A combination pattern: every given axis must match (names, or seeds)."""
+
+    model_config = _STRICT
+    dataset: str | list[str] | None = None
+    sharing: str | list[str] | None = None
+    weighting: str | list[str] | None = None
+    seed: int | list[int] | None = None
+
+    def values(self, axis: str) -> list[Any] | None:
+        value = getattr(self, axis)
+        if value is None:
+            return None
+        return value if isinstance(value, list) else [value]
+
+    def matches(self, combo: dict[str, Any]) -> bool:
+        return all(
+            combo[axis] in allowed
+            for axis in AXES
+            if (allowed := self.values(axis)) is not None
+        )
+
+
+class _RawSpec(pydantic.BaseModel):
+    model_config = _STRICT
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    description: str = ""
+    seeds: list[int] = Field(default=[0], min_length=1)
+    datasets: list[str | dict[str, Any]] = Field(min_length=1)
+    sharing: list[str | dict[str, Any]] = Field(min_length=1)
+    weighting: list[str | dict[str, Any]] = Field(min_length=1)
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    executor: Literal["inline", "process"] = "process"
+    workers: Annotated[int, Field(ge=1, le=1024)] | None = None
+    plugins: list[str] = []
+    include: list[Filter] = []
+    exclude: list[Filter] = []
+
+    @pydantic.field_validator("datasets", "sharing", "weighting", "seeds", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return value if isinstance(value, list) else [value]
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component with its fully resolved hyperparameters."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params)}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: the axes with resolved components, and shared settings."""
+
+    name: str
+    description: str
+    source: str
+    seeds: tuple[int, ...]
+    datasets: tuple[Component, ...]
+    sharing: tuple[Component, ...]
+    weighting: tuple[Component, ...]
+    model: ModelSettings
+    train: TrainSettings
+    executor: str
+    workers: int | None
+    plugins: tuple[str, ...]
+    include: tuple[Filter, ...]
+    exclude: tuple[Filter, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seeds": list(self.seeds),
+            "datasets": [c.to_dict() for c in self.datasets],
+            "sharing": [c.to_dict() for c in self.sharing],
+            "weighting": [c.to_dict() for c in self.weighting],
+            "model": self.model.model_dump(),
+            "train": self.train.model_dump(),
+            "plugins": list(self.plugins),
+            "include": [f.model_dump(exclude_none=True) for f in self.include],
+            "exclude": [f.model_dump(exclude_none=True) for f in self.exclude],
+        }
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("bench") / "presets"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _read_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML: {err}") from None
+
+
+def _plugin_paths(raw: dict[str, Any], path: str | Path | None) -> list[str]:
+    """Plugin entries with ``.py`` paths made absolute, relative to the sweep file."""
+    plugins = raw.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        return plugins  # the model validation below reports the type error
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    return [str((base / p).resolve()) if p.endswith(".py") else p for p in plugins]
+
+
+def _read_source(path: str | Path | None, preset: str | None) -> tuple[dict[str, Any], str]:
+    if path is not None and preset is not None:
+        raise ConfigError("give either a sweep file or --preset, not both")
+    if preset is not None:
+        names = preset_names()
+        if preset not in names:
+            raise ConfigError(
+                f"unknown preset '{preset}'{suggest(preset, names)}; known: {', '.join(names)}"
+            )
+        text = (resources.files("bench") / "presets" / f"{preset}.toml").read_text("utf-8")
+        return _read_toml(text, f"preset '{preset}'"), f"preset '{preset}'"
+    if path is None:
+        raise ConfigError("no sweep given: pass a sweep file or --preset NAME")
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such sweep file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{p}: cannot read sweep file: {err}") from None
+    return _read_toml(text, str(p)), str(p)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=VALUE``; VALUE is read as a TOML value, else taken as a bare string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set '{text}': expected KEY=VALUE, e.g. train.epochs=3")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def _apply_override(raw: dict[str, Any], path: list[str], value: Any, text: str) -> None:
+    node: Any = raw
+    for i, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set '{text}': no item {part} in '{'.'.join(path[:i])}'")
+            node = node[int(part)]
+            continue
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, str) and path[i + 1] != "name":
+            # 'weighting = "dwa"' then '--set weighting.temperature=3' is not a path.
+            raise ConfigError(f"--set '{text}': '{'.'.join(path[: i + 1])}' is not a table")
+        node = child
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set '{text}': no item {last} in '{'.'.join(path[:-1])}'")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set '{text}': '{'.'.join(path[:-1])}' is not a table")
+
+
+def _format_loc(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in {"str", "list[str]", "list[int]", "int", "dict[str,any]", "function-after"}:
+            continue  # pydantic union branch names, not user keys
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _component(
+    entry: str | dict[str, Any], registry: Registry, key: str, source: str
+) -> Component:
+    if isinstance(entry, str):
+        name, params = entry, {}
+    else:
+        params = dict(entry)
+        name = params.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError(f"{source}: {key}: needs a 'name' (a string)")
+    try:
+        resolved = registry.resolve(name, params)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {key}: {err}") from None
+    return Component(name, resolved)
+
+
+def _check_filter_names(spec: SweepSpec, source: str) -> None:
+    present = {
+        "dataset": [c.name for c in spec.datasets],
+        "sharing": [c.name for c in spec.sharing],
+        "weighting": [c.name for c in spec.weighting],
+    }
+    for kind, filters in (("include", spec.include), ("exclude", spec.exclude)):
+        for i, flt in enumerate(filters):
+            for axis, names in present.items():
+                for value in flt.values(axis) or []:
+                    if value not in names:
+                        raise ConfigError(
+                            f"{source}: {kind}[{i}].{axis}: '{value}' is not in the sweep's "
+                            f"{axis} axis{suggest(value, names)}"
+                        )
+
+
+def load_spec(
+    path: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    overrides: Iterable[str] = (),
+) -> SweepSpec:
+    """Read, override and validate a sweep spec. Raises ``ConfigError`` on any problem."""
+    from bench.data import DATASETS
+    from bench.plugins import import_plugins, load_entry_points
+    from strategies.sharing import SHARING
+    from strategies.weighting import WEIGHTING
+
+    raw, source = _read_source(path, preset)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(raw, keys, value, text)
+    if "plugins" in raw:
+        raw["plugins"] = _plugin_paths(raw, path)
+        if isinstance(raw["plugins"], list) and all(isinstance(p, str) for p in raw["plugins"]):
+            try:
+                import_plugins(raw["plugins"])
+            except ConfigError as err:
+                raise ConfigError(f"{source}: plugins: {err}") from None
+    load_entry_points()
+    try:
+        parsed = _RawSpec.model_validate(raw)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        where = _format_loc(first["loc"])
+        got = f" (got {first['input']!r})" if first["type"] != "missing" else ""
+        raise ConfigError(f"{source}: {where}: {first['msg']}{got}") from None
+
+    spec = SweepSpec(
+        name=parsed.name,
+        description=parsed.description,
+        source=source,
+        seeds=tuple(parsed.seeds),
+        datasets=tuple(
+            _component(e, DATASETS, f"datasets[{i}]", source) for i, e in enumerate(parsed.datasets)
+        ),
+        sharing=tuple(
+            _component(e, SHARING, f"sharing[{i}]", source) for i, e in enumerate(parsed.sharing)
+        ),
+        weighting=tuple(
+            _component(e, WEIGHTING, f"weighting[{i}]", source)
+            for i, e in enumerate(parsed.weighting)
+        ),
+        model=parsed.model,
+        train=parsed.train,
+        executor=parsed.executor,
+        workers=parsed.workers,
+        plugins=tuple(parsed.plugins),
+        include=tuple(parsed.include),
+        exclude=tuple(parsed.exclude),
+    )
+    for axis, values in (("seeds", spec.seeds),):
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{source}: {axis}: contains duplicates")
+    _check_filter_names(spec, source)
+    return spec

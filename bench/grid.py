@@ -1,0 +1,122 @@
+"""Grid: expand a sweep spec into trial specs, filter them, add single-task baselines.
+
+A trial's id is a hash of its canonical JSON, so it is stable across runs and
+machines. Every multi-task trial is measured against one single-task baseline
+per task (architecture ``stl``, same data, model size, training budget and
+seed); baselines are ordinary trials, shared by all trials that need them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from bench.config import Component, SweepSpec
+from bench.errors import ConfigError
+
+__all__ = ["BASELINE_SHARING", "BASELINE_WEIGHTING", "TrialSpec", "baseline_of", "expand"]
+
+BASELINE_SHARING = "stl"
+BASELINE_WEIGHTING = "ew"
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything that determines one trial's result (and nothing else)."""
+
+    dataset: Component
+    sharing: Component
+    weighting: Component
+    seed: int
+    model: dict[str, Any]
+    train: dict[str, Any]
+    tasks: tuple[str, ...] | None = None  # None: all of the dataset's tasks
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.sharing.name == BASELINE_SHARING and self.tasks is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset.to_dict(),
+            "sharing": self.sharing.to_dict(),
+            "weighting": self.weighting.to_dict(),
+            "seed": self.seed,
+            "model": self.model,
+            "train": self.train,
+            "tasks": list(self.tasks) if self.tasks is not None else None,
+        }
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
+        return cls(
+            dataset=Component(d["dataset"]["name"], d["dataset"]["params"]),
+            sharing=Component(d["sharing"]["name"], d["sharing"]["params"]),
+            weighting=Component(d["weighting"]["name"], d["weighting"]["params"]),
+            seed=d["seed"],
+            model=d["model"],
+            train=d["train"],
+            tasks=tuple(d["tasks"]) if d.get("tasks") is not None else None,
+        )
+
+
+def baseline_of(spec: TrialSpec, task: str) -> TrialSpec:
+    """The single-task baseline ``spec`` is measured against for ``task``."""
+    from strategies.sharing import SHARING
+    from strategies.weighting import WEIGHTING
+
+    return TrialSpec(
+        dataset=spec.dataset,
+        sharing=Component(BASELINE_SHARING, SHARING.resolve(BASELINE_SHARING, {})),
+        weighting=Component(BASELINE_WEIGHTING, WEIGHTING.resolve(BASELINE_WEIGHTING, {})),
+        seed=spec.seed,
+        model=spec.model,
+        train=spec.train,
+        tasks=(task,),
+    )
+
+
+def task_names(dataset: Component) -> list[str]:
+    from bench import data
+
+    return [t.name for t in data.load(dataset.name, **dataset.params).tasks]
+
+
+def expand(sweep: SweepSpec) -> list[TrialSpec]:
+    """All trials of ``sweep``: multi-task trials first, then their baselines (deduplicated).
+
+    ``stl`` in the sharing axis stands for the single-task baselines themselves.
+    Raises ``ConfigError`` when the filters leave nothing to run.
+    """
+    model = sweep.model.model_dump()
+    train = sweep.train.model_dump()
+    trials: dict[str, TrialSpec] = {}
+    baselines: dict[str, TrialSpec] = {}
+    for ds, sh, wt, seed in itertools.product(
+        sweep.datasets, sweep.sharing, sweep.weighting, sweep.seeds
+    ):
+        combo = {"dataset": ds.name, "sharing": sh.name, "weighting": wt.name, "seed": seed}
+        if sweep.include and not any(f.matches(combo) for f in sweep.include):
+            continue
+        if any(f.matches(combo) for f in sweep.exclude):
+            continue
+        spec = TrialSpec(ds, sh, wt, seed, model, train)
+        if sh.name != BASELINE_SHARING:
+            trials.setdefault(spec.id, spec)
+        for task in task_names(ds):
+            base = baseline_of(spec, task)
+            baselines.setdefault(base.id, base)
+    if not trials and not baselines:
+        raise ConfigError(f"{sweep.source}: the grid is empty (include/exclude remove every trial)")
+    return list(trials.values()) + [b for k, b in baselines.items() if k not in trials]

@@ -1,0 +1,164 @@
+"""Store: a run directory of JSON trial records, written atomically, plus a manifest.
+
+Layout::
+
+    results/<run>/manifest.json       the sweep (resolved) and its trial ids
+    results/<run>/trials/<id>.json    one record per finished trial
+
+A record only ever appears complete: it is written to a temporary file in the
+same directory, flushed to disk, then renamed over its final name. A trial
+whose record exists is finished, so rerunning a sweep skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.errors import ConfigError
+
+__all__ = ["RunStore", "atomic_write_json", "atomic_write_text", "load"]
+
+MANIFEST = "manifest.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True))
+
+
+class RunStore:
+    """Trial records of one run directory."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir)
+        self.trials_dir = self.root / "trials"
+
+    def record_path(self, trial_id: str) -> Path:
+        return self.trials_dir / f"{trial_id}.json"
+
+    def has(self, trial_id: str) -> bool:
+        return self.record_path(trial_id).is_file()
+
+    def write(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.record_path(record["id"]), record)
+
+    def read(self, trial_id: str) -> dict[str, Any]:
+        return json.loads(self.record_path(trial_id).read_text("utf-8"))
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        for path in sorted(self.trials_dir.glob("*.json")):
+            yield json.loads(path.read_text("utf-8"))
+
+    def manifest(self) -> dict[str, Any] | None:
+        path = self.root / MANIFEST
+        return json.loads(path.read_text("utf-8")) if path.is_file() else None
+
+    def check_compatible(self, sweep: dict[str, Any]) -> None:
+        """Refuse a run directory made by a different sweep (before anything is written)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"{self.root}: exists and is not a directory")
+        existing = self.manifest()
+        if existing is not None and existing.get("sweep") != sweep:
+            raise ConfigError(
+                f"{self.root}: run directory holds a different sweep "
+                f"('{existing.get('sweep', {}).get('name')}'); choose another --out"
+            )
+
+    def write_manifest(self, sweep: dict[str, Any], trial_ids: list[str]) -> None:
+        atomic_write_json(self.root / MANIFEST, {"sweep": sweep, "trials": trial_ids})
+
+
+def _label(component: dict[str, Any], registry_defaults: dict[str, Any] | None) -> str:
+    """``name`` plus the hyperparameters that differ from their defaults."""
+    params = component["params"]
+    if registry_defaults is not None:
+        params = {k: v for k, v in params.items() if registry_defaults.get(k, object()) != v}
+    if not params:
+        return component["name"]
+    inner = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return f"{component['name']}({inner})"
+
+
+def _defaults(kind: str, name: str) -> dict[str, Any] | None:
+    from bench.data import DATASETS
+    from strategies.sharing import SHARING
+    from strategies.weighting import WEIGHTING
+
+    registry = {"dataset": DATASETS, "sharing": SHARING, "weighting": WEIGHTING}[kind]
+    if name not in registry:
+        return None
+    return {h.name: h.default for h in registry.hyperparameters(name)}
+
+
+COLUMNS = [
+    "trial_id", "dataset", "sharing", "weighting", "seed", "baseline_task", "baseline_id",
+    "status",
+    "task", "split", "metric", "value", "wall_s", "step_s", "parameters",
+]
+
+
+def load(run_dir: str | Path) -> pd.DataFrame:
+    """Tidy table of a run: one row per trial x task x split x metric.
+
+    Axis columns hold labels (name plus non-default hyperparameters). Trials that
+    did not finish ``ok`` contribute one row with ``task``/``value`` empty.
+    """
+    store = RunStore(run_dir)
+    if not store.trials_dir.is_dir():
+        raise ConfigError(f"{run_dir}: not a run directory (no trials/ folder)")
+    from bench.grid import TrialSpec, baseline_of
+
+    rows: list[dict[str, Any]] = []
+    for rec in store.records():
+        spec = rec["spec"]
+        trial = TrialSpec.from_dict(spec)
+        base = {
+            "trial_id": rec["id"],
+            "dataset": _label(spec["dataset"], _defaults("dataset", spec["dataset"]["name"])),
+            "sharing": _label(spec["sharing"], _defaults("sharing", spec["sharing"]["name"])),
+            "weighting": _label(
+                spec["weighting"], _defaults("weighting", spec["weighting"]["name"])
+            ),
+            "seed": spec["seed"],
+            "baseline_task": spec["tasks"][0] if spec.get("tasks") else None,
+            "status": rec["status"],
+            "wall_s": rec.get("wall_s", math.nan),
+            "step_s": rec.get("timing", {}).get("step_s", math.nan),
+            "parameters": rec.get("parameters"),
+        }
+        if rec["status"] != "ok":
+            rows.append({**base, "task": None, "split": None, "metric": None, "value": math.nan,
+                         "baseline_id": None})
+            continue
+        for split, per_task in rec["metrics"].items():
+            for task, metrics in per_task.items():
+                baseline_id = None if trial.is_baseline else baseline_of(trial, task).id
+                for metric, value in metrics.items():
+                    rows.append(
+                        {**base, "task": task, "split": split, "metric": metric, "value": value,
+                         "baseline_id": baseline_id}
+                    )
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,58 @@
+"""Contract for sharing architectures.
+
+A sharing architecture is an ``nn.Module`` whose ``forward(x)`` returns
+``{task_name: output}``. It splits its parameters into shared ones (what the
+gradient engine builds the per-task Jacobian for) and task-specific ones.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.tasks import Task
+
+__all__ = ["BackboneSpec", "SharingArchitecture"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Size of the networks an architecture builds: backbone widths and task-tower widths."""
+
+    hidden: tuple[int, ...] = (64, 64)
+    tower: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+
+class SharingArchitecture(nn.Module, ABC):
+    """Base class: a multi-task network over ``tasks`` for inputs of ``input_shape``."""
+
+    def __init__(
+        self, input_shape: Sequence[int], tasks: Sequence[Task], backbone: BackboneSpec
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.tasks = tuple(tasks)
+        self.backbone_spec = backbone
+        # The shared representation of the latest forward pass, where the
+        # architecture has one (for representation-level gradient engines).
+        self.representation: torch.Tensor | None = None
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Outputs of every task for the batch ``x``."""
+
+    @abstractmethod
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters used by more than one task (may be empty)."""
+
+    @abstractmethod
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """Parameters used by ``task`` only."""
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())

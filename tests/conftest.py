@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TINY_SPEC = """
+name = "tiny"
+seeds = [0, 1]
+datasets = [{ name = "mmoe_synthetic", num_train = 256, num_val = 64, num_test = 64, input_dim = 16 }]
+sharing = ["hps"]
+weighting = ["ew", "mgda"]
+
+[model]
+hidden = [16]
+
+[train]
+epochs = 2
+batch_size = 64
+lr = 0.01
+"""
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    """Write a sweep TOML (dedented) into tmp_path and return its path."""
+
+    def _write(text: str = TINY_SPEC, name: str = "sweep.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return _write

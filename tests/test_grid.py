@@ -1,0 +1,77 @@
+"""Grid expansion, trial ids and automatic single-task baselines."""
+
+from __future__ import annotations
+
+from bench.config import Component, load_spec
+from bench.grid import TrialSpec, baseline_of, expand
+
+SPEC = """
+name = "grid"
+seeds = [0, 1, 2]
+datasets = ["penguins", { name = "mmoe_synthetic", num_tasks = 3, num_train = 64 }]
+sharing = ["hps", "stl"]
+weighting = ["ew", "mgda", "pcgrad"]
+"""
+
+
+def test_expansion_counts_and_shared_baselines(write_spec):
+    trials = expand(load_spec(write_spec(SPEC)))
+    mtl = [t for t in trials if not t.is_baseline]
+    base = [t for t in trials if t.is_baseline]
+    # 2 datasets x hps x 3 strategies x 3 seeds; 'stl' in the axis means the baselines.
+    assert len(mtl) == 2 * 3 * 3
+    # One baseline per task and seed: penguins has 3 tasks, the synthetic set 3.
+    assert len(base) == (3 + 3) * 3
+    assert len({t.id for t in trials}) == len(trials)
+    # Every multi-task trial finds all its baselines in the grid.
+    ids = {t.id for t in base}
+    for t in mtl:
+        tasks = ["species", "sex", "body_mass"] if t.dataset.name == "penguins" else ["t1", "t2", "t3"]
+        assert {baseline_of(t, task).id for task in tasks} <= ids
+
+
+def test_baselines_share_data_budget_and_seed(write_spec):
+    trials = expand(load_spec(write_spec(SPEC)))
+    t = next(x for x in trials if not x.is_baseline)
+    b = baseline_of(t, "sex")
+    assert (b.dataset, b.seed, b.model, b.train) == (t.dataset, t.seed, t.model, t.train)
+    assert b.sharing.name == "stl" and b.tasks == ("sex",)
+
+
+def test_filters(write_spec):
+    text = SPEC + '\nexclude = [{ weighting = "pcgrad", dataset = "penguins" }]\n'
+    trials = expand(load_spec(write_spec(text)))
+    assert not any(
+        t.weighting.name == "pcgrad" and t.dataset.name == "penguins" for t in trials
+    )
+    assert any(t.weighting.name == "pcgrad" for t in trials)
+    text = SPEC + '\ninclude = [{ weighting = "mgda", seed = [0] }]\n'
+    mtl = [t for t in expand(load_spec(write_spec(text))) if not t.is_baseline]
+    assert {(t.weighting.name, t.seed) for t in mtl} == {("mgda", 0)}
+
+
+def test_ids_are_stable_and_canonical(write_spec):
+    a = expand(load_spec(write_spec(SPEC)))
+    b = expand(load_spec(write_spec(SPEC)))
+    assert [t.id for t in a] == [t.id for t in b]
+    # Writing a default explicitly does not change the trial.
+    explicit = SPEC.replace('"ew",', '{ name = "ew" },').replace(
+        '"penguins"', '{ name = "penguins", split_seed = 0 }'
+    )
+    assert {t.id for t in expand(load_spec(write_spec(explicit)))} == {t.id for t in a}
+    # Round trip through the record's JSON form keeps the id.
+    assert all(TrialSpec.from_dict(t.to_dict()).id == t.id for t in a)
+
+
+def test_id_is_a_fixed_hash_of_the_spec():
+    # A literal: the id must not depend on the machine, process or Python hash seed.
+    spec = TrialSpec(
+        dataset=Component("penguins", {"split_seed": 0}),
+        sharing=Component("hps", {}),
+        weighting=Component("ew", {}),
+        seed=0,
+        model={"hidden": [8], "tower": [], "dropout": 0.0},
+        train={"lr": 0.1},
+    )
+    assert spec.id == TrialSpec.from_dict(spec.to_dict()).id
+    assert spec.id == "8a22d3189d4b4367"

@@ -1,0 +1,79 @@
+"""Trials: determinism, checkpoint selection on validation, failure statuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.config import load_spec
+from bench.grid import TrialSpec, expand
+from bench.trial import execute
+from strategies.weighting import WEIGHTING, LossWeighting
+
+
+def _trial(write_spec, *overrides: str) -> TrialSpec:
+    trials = expand(load_spec(write_spec(), overrides=list(overrides)))
+    return next(t for t in trials if not t.is_baseline)
+
+
+def test_same_spec_and_seed_give_identical_metrics(write_spec):
+    spec = _trial(write_spec)
+    a, b = execute(spec), execute(spec)
+    assert a["status"] == b["status"] == "ok"
+    assert a["metrics"] == b["metrics"]
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_different_seed_changes_metrics(write_spec):
+    trials = [t for t in expand(load_spec(write_spec())) if not t.is_baseline]
+    by_seed = {t.seed: t for t in trials if t.weighting.name == "ew"}
+    assert execute(by_seed[0])["metrics"] != execute(by_seed[1])["metrics"]
+
+
+def test_checkpoint_is_selected_on_validation_loss(write_spec):
+    rec = execute(_trial(write_spec, "train.epochs=6", "train.lr=0.05"))
+    val_losses = [sum(m["loss"] for m in h["val"].values()) for h in rec["history"]]
+    assert rec["best_epoch"] == min(range(len(val_losses)), key=val_losses.__getitem__)
+    # The final val metrics are those of the selected epoch.
+    assert rec["metrics"]["val"]["t1"]["mse"] == rec["history"][rec["best_epoch"]]["val"]["t1"]["mse"]
+
+
+def test_training_reduces_the_loss(write_spec):
+    rec = execute(_trial(write_spec, "train.epochs=5"))
+    first, last = rec["history"][0]["train_loss"], rec["history"][-1]["train_loss"]
+    assert all(last[t] < first[t] for t in first)
+
+
+class _NaNLoss(LossWeighting):
+    """Test double: produces a NaN loss."""
+
+    def combine(self, losses):
+        return losses.sum() * torch.tensor(float("nan"))
+
+
+class _Raises(LossWeighting):
+    """Test double: raises."""
+
+    def combine(self, losses):
+        raise RuntimeError("boom")
+
+
+@pytest.fixture
+def failing_strategies():
+    WEIGHTING.register("_test_nan")(_NaNLoss)
+    WEIGHTING.register("_test_raises")(_Raises)
+    yield
+    WEIGHTING.unregister("_test_nan")
+    WEIGHTING.unregister("_test_raises")
+
+
+def test_divergence_and_errors_become_statuses(write_spec, failing_strategies):
+    spec = _trial(write_spec)
+    nan = TrialSpec(spec.dataset, spec.sharing, type(spec.weighting)("_test_nan", {}),
+                    spec.seed, spec.model, spec.train)
+    rec = execute(nan)
+    assert rec["status"] == "diverged" and rec["diverged_epoch"] == 0
+    bad = TrialSpec(spec.dataset, spec.sharing, type(spec.weighting)("_test_raises", {}),
+                    spec.seed, spec.model, spec.train)
+    rec = execute(bad)
+    assert rec["status"] == "error" and "boom" in rec["error"] and "Traceback" in rec["traceback"]
