@@ -48,7 +48,8 @@ def import_plugins(plugins: Iterable[str]) -> None:
         except ConfigError:
             raise
         except Exception as err:
-            raise ConfigError(f"plugin {plugin}: import failed: {type(err).__name__}: {err}") from None
+            reason = f"{type(err).__name__}: {err}"
+            raise ConfigError(f"plugin {plugin}: import failed: {reason}") from None
         _loaded.add(plugin)
 
 
