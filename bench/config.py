@@ -42,6 +42,8 @@ class ModelSettings(pydantic.BaseModel):
     hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default=[64, 64], min_length=1)
     tower: list[Annotated[int, Field(ge=1, le=65536)]] = []
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    backbone: Literal["mlp", "cnn"] = "mlp"
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default=[16, 32], min_length=1)
 
 
 class TrainSettings(pydantic.BaseModel):
@@ -55,7 +57,7 @@ class TrainSettings(pydantic.BaseModel):
     epochs: Annotated[int, Field(ge=1, le=100_000)] = 10
     batch_size: Annotated[int, Field(ge=1)] = 128
     eval_batch_size: Annotated[int, Field(ge=1)] = 4096
-    engine: Literal["loop", "batched"] = "loop"
+    engine: Literal["loop", "vmap", "gramian", "rep"] = "loop"
     device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")] = "cpu"
 
 

@@ -93,6 +93,20 @@ def task_names(dataset: Component) -> list[str]:
     return [t.name for t in data.load(dataset.name, **dataset.params).tasks]
 
 
+def _check_compatible(spec: TrialSpec, source: str) -> None:
+    from bench.engine import ENGINES
+    from strategies.sharing import SHARING
+    from strategies.weighting import WEIGHTING
+
+    strategy = WEIGHTING.get(spec.weighting.name)
+    if strategy.needs != "jacobian":
+        return
+    try:
+        ENGINES[spec.train["engine"]]().check(strategy, SHARING.get(spec.sharing.name))
+    except ValueError as err:
+        raise ConfigError(f"{source}: train.engine: {err}") from None
+
+
 def expand(sweep: SweepSpec) -> list[TrialSpec]:
     """All trials of ``sweep``: multi-task trials first, then their baselines (deduplicated).
 
@@ -113,6 +127,7 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
             continue
         spec = TrialSpec(ds, sh, wt, seed, model, train)
         if sh.name != BASELINE_SHARING:
+            _check_compatible(spec, sweep.source)
             trials.setdefault(spec.id, spec)
         for task in task_names(ds):
             base = baseline_of(spec, task)

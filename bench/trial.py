@@ -14,17 +14,22 @@ from datetime import datetime, timezone
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from bench import data
 from bench.data import MTLDataset, Split
-from bench.engine import ENGINES, apply_gradients
+from bench.engine import ENGINES, StepContext, train_step
 from bench.environment import collect, resolve_device
 from bench.grid import TrialSpec
 from bench.tasks import Task
 from strategies import sharing, weighting
 from strategies.sharing.base import BackboneSpec, SharingArchitecture
 
-__all__ = ["Diverged", "execute", "run_trial"]
+__all__ = ["Diverged", "IncompatibleSpec", "execute", "run_trial"]
+
+
+class IncompatibleSpec(ValueError):
+    """The spec combines components that cannot work together (e.g. engine and strategy)."""
 
 
 class Diverged(RuntimeError):
@@ -64,6 +69,16 @@ def evaluate(
     return metrics, losses
 
 
+@torch.no_grad()
+def flops_per_sample(model: SharingArchitecture, x: torch.Tensor) -> int:
+    """Forward-pass FLOPs per sample, counted by ``torch.utils.flop_counter``."""
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train()
+    return int(counter.get_total_flops() // max(len(x), 1))
+
+
 def _select_tasks(dataset: MTLDataset, names: tuple[str, ...] | None) -> tuple[Task, ...]:
     if names is None:
         return dataset.tasks
@@ -86,24 +101,44 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         hidden=tuple(spec.model["hidden"]),
         tower=tuple(spec.model["tower"]),
         dropout=spec.model["dropout"],
+        kind=spec.model["backbone"],
+        channels=tuple(spec.model["channels"]),
     )
     model = sharing.get(
         spec.sharing.name, dataset.input_shape, tasks, backbone, **spec.sharing.params
     ).to(device)
     strategy = weighting.get(spec.weighting.name, **spec.weighting.params)
     strategy.reset(len(tasks), device, seed=spec.seed)
-    optimizer = _optimizer([*model.parameters(), *strategy.parameters()], train)
     engine = ENGINES[train["engine"]]()
+    if strategy.needs == "jacobian":
+        try:
+            engine.check(type(strategy), type(model))
+        except ValueError as err:
+            raise IncompatibleSpec(str(err)) from None
     shared = model.shared_parameters()
     shared_ids = {id(p) for p in shared}
-    task_specific = [p for p in model.parameters() if id(p) not in shared_ids]
+    ctx = StepContext(
+        model=model,
+        strategy=strategy,
+        engine=engine,
+        optimizer=_optimizer([*model.parameters(), *strategy.parameters()], train),
+        shared=shared,
+        task_specific=[p for p in model.parameters() if id(p) not in shared_ids],
+    )
+
+    def compute_losses(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([t.loss(out[t.name], y[t.name]) for t in tasks])
 
     order = torch.Generator().manual_seed(spec.seed)  # minibatch order, independent of init
     n, batch_size = len(train_split), train["batch_size"]
     steps_per_epoch = math.ceil(n / batch_size)
+    extra_batches = strategy.batches_per_step - 1
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     train_seconds = 0.0
+
+    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return train_split.x[idx], {k: v[idx] for k, v in train_split.y.items()}
 
     for epoch in range(train["epochs"]):
         start = time.perf_counter()
@@ -111,14 +146,10 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         weight_sum: torch.Tensor | None = None
         perm = torch.randperm(n, generator=order).to(device)
         for step in range(steps_per_epoch):
-            idx = perm[step * batch_size : (step + 1) * batch_size]
-            xb = train_split.x[idx]
-            out = model(xb)
-            losses = torch.stack([t.loss(out[t.name], train_split.y[t.name][idx]) for t in tasks])
-            optimizer.zero_grad(set_to_none=True)
-            apply_gradients(losses, strategy, shared, task_specific, engine)
-            optimizer.step()
-            loss_sum += losses.detach()
+            batches = [batch(perm[step * batch_size : (step + 1) * batch_size])]
+            for _ in range(extra_batches):  # independent batches for multi-batch methods
+                batches.append(batch(torch.randint(n, (batch_size,), generator=order).to(device)))
+            loss_sum += train_step(ctx, batches, compute_losses)
             if strategy.last_weights is not None:
                 w = strategy.last_weights.detach()
                 weight_sum = w.clone() if weight_sum is None else weight_sum + w
@@ -147,10 +178,10 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     if best is None:
         raise Diverged(train["epochs"] - 1)
     model.load_state_dict(best[2])
-    metrics = {
-        name: evaluate(model, tasks, split, train["eval_batch_size"])[0]
-        for name, split in (("val", val_split), ("test", test_split))
-    }
+    model.reset_stats()
+    metrics = {"val": evaluate(model, tasks, val_split, train["eval_batch_size"])[0]}
+    architecture_stats = model.stats()  # gathered on the validation split only
+    metrics["test"] = evaluate(model, tasks, test_split, train["eval_batch_size"])[0]
     total_steps = steps_per_epoch * train["epochs"]
     return {
         "metrics": metrics,
@@ -158,6 +189,9 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         "history": history,
         "tasks": [t.name for t in tasks],
         "parameters": model.parameter_count(),
+        "shared_parameters": sum(p.numel() for p in shared),
+        "flops_per_sample": flops_per_sample(model, val_split.x[:8]),
+        "architecture_stats": architecture_stats,
         "timing": {
             "train_s": train_seconds,
             "steps": total_steps,
@@ -176,6 +210,8 @@ def execute(spec: TrialSpec) -> dict[str, Any]:
         record.update(run_trial(spec))
     except Diverged as err:
         record.update(status="diverged", error=str(err), diverged_epoch=err.epoch)
+    except IncompatibleSpec as err:
+        record.update(status="error", error=str(err))
     except Exception as err:  # a failing trial must not stop the sweep
         record.update(status="error", error=f"{type(err).__name__}: {err}",
                       traceback=traceback.format_exc())

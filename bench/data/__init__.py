@@ -8,6 +8,7 @@ no network.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -52,11 +53,14 @@ class MTLDataset:
         return next(t for t in self.tasks if t.name == name)
 
 
+_NOT_COMPONENTS = ("cache", "common")
+
 DATASETS: Registry = Registry("dataset")
 
-_BUILTIN = ("mmoe_synthetic", "multi_digits", "penguins")
-for _module in _BUILTIN:
-    importlib.import_module(f"bench.data.{_module}")
+# One module per component: importing each registers it.
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _NOT_COMPONENTS and not _info.name.startswith("_"):
+        importlib.import_module(f"bench.data.{_info.name}")
 
 
 def names() -> list[str]:

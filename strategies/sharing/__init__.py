@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,11 +13,14 @@ from strategies.sharing.base import BackboneSpec, SharingArchitecture
 
 __all__ = ["SHARING", "BackboneSpec", "SharingArchitecture", "get", "names"]
 
+_NOT_COMPONENTS = ("base", "backbones")
+
 SHARING: Registry = Registry("sharing")
 
-_BUILTIN = ("hps", "stl")
-for _module in _BUILTIN:
-    importlib.import_module(f"strategies.sharing.{_module}")
+# One module per component: importing each registers it.
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _NOT_COMPONENTS and not _info.name.startswith("_"):
+        importlib.import_module(f"strategies.sharing.{_info.name}")
 
 
 def get(

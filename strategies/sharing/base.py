@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -26,10 +27,20 @@ class BackboneSpec:
     hidden: tuple[int, ...] = (64, 64)
     tower: tuple[int, ...] = ()
     dropout: float = 0.0
+    kind: Literal["mlp", "cnn"] = "mlp"
+    channels: tuple[int, ...] = (16, 32)  # conv channels of the CNN backbone
 
 
 class SharingArchitecture(nn.Module, ABC):
-    """Base class: a multi-task network over ``tasks`` for inputs of ``input_shape``."""
+    """Base class: a multi-task network over ``tasks`` for inputs of ``input_shape``.
+
+    ``has_representation``: the architecture sets ``self.representation`` in each
+    forward pass to the one tensor all task heads read (the ``rep`` engine's input).
+    ``reset_stats``/``stats``: diagnostics gathered during evaluation forwards
+    (e.g. expert utilisation of gated architectures), stored in the trial record.
+    """
+
+    has_representation: ClassVar[bool] = False
 
     def __init__(
         self, input_shape: Sequence[int], tasks: Sequence[Task], backbone: BackboneSpec
@@ -56,3 +67,10 @@ class SharingArchitecture(nn.Module, ABC):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def reset_stats(self) -> None:  # noqa: B027 (optional hook)
+        """Clear diagnostics before an evaluation pass."""
+
+    def stats(self) -> dict[str, Any]:
+        """Diagnostics gathered since ``reset_stats`` (JSON-serialisable)."""
+        return {}

@@ -22,6 +22,8 @@ class HardParameterSharing(SharingArchitecture):
     """Hard parameter sharing: shared MLP backbone, per-task towers; the representation is
     the backbone's output."""
 
+    has_representation = True
+
     def __init__(
         self, input_shape: Sequence[int], tasks: Sequence[Task], backbone: BackboneSpec
     ) -> None:

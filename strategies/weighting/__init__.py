@@ -17,18 +17,35 @@ Add your own::
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 from bench.registry import Registry
-from strategies.weighting.base import GradientWeighting, LossWeighting, WeightingStrategy
+from strategies.weighting.base import (
+    GradientWeighting,
+    GramianWeighting,
+    LossWeighting,
+    WeightingStrategy,
+)
 
-__all__ = ["WEIGHTING", "GradientWeighting", "LossWeighting", "WeightingStrategy", "get", "names"]
+__all__ = [
+    "WEIGHTING",
+    "GradientWeighting",
+    "GramianWeighting",
+    "LossWeighting",
+    "WeightingStrategy",
+    "get",
+    "names",
+]
+
+_NOT_COMPONENTS = ("base",)
 
 WEIGHTING: Registry = Registry("weighting")
 
-_BUILTIN = ("ew", "uw", "dwa", "mgda", "pcgrad")
-for _module in _BUILTIN:
-    importlib.import_module(f"strategies.weighting.{_module}")
+# One module per component: importing each registers it.
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _NOT_COMPONENTS and not _info.name.startswith("_"):
+        importlib.import_module(f"strategies.weighting.{_info.name}")
 
 
 def get(name: str, **hyperparameters: Any) -> WeightingStrategy:

@@ -1,24 +1,54 @@
 """Contracts for weighting strategies.
 
-A strategy declares what it needs (``needs``) and the trainer's gradient engine
+A strategy declares what it needs and the training step (``bench.engine``)
 provides exactly that; nothing in the training loop names a method.
 
 - :class:`LossWeighting` maps the (T,) vector of task losses to one scalar.
 - :class:`GradientWeighting` maps the (T, P) Jacobian of the task losses with
-  respect to the shared parameters to a (P,) update direction. ``aggregate`` is
-  a function of ``J`` and the strategy's own state only: it never calls autograd.
+  respect to the shared parameters (or, with the ``rep`` engine, the shared
+  representation) to a (P,) update direction. ``aggregate`` is a function of
+  ``J``, the detached losses and the strategy's own state: it never calls autograd.
+- :class:`GramianWeighting` is a gradient strategy whose direction is ``w @ J``
+  with weights ``w`` computed from the (T, T) Gramian ``J J^T`` alone; the
+  ``gramian`` engine uses that to avoid materialising J as one matrix.
+
+Optional needs, declared as class attributes:
+
+- ``batches_per_step``: k > 1 means each step draws k independent minibatches
+  and calls ``aggregate_batches`` with one Jacobian per batch (SDMGrad, MoDo).
+- ``supports_rep``: the method is defined on representation-level Jacobians.
+- ``wants_post_step_losses``: after the optimizer step the task losses on the
+  same batch are recomputed (no graph) and passed to ``post_step`` (FAMO).
+- ``transform_losses``: a differentiable map applied to the losses before the
+  Jacobian is taken (e.g. IMTL's learnable loss scales, DB-MTL's log-losses);
+  the strategy's own ``parameters()`` get the gradient of their sum.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar, Literal
 
 import torch
 
-__all__ = ["GradientWeighting", "LossWeighting", "Need", "WeightingStrategy"]
+__all__ = [
+    "GradientWeighting",
+    "GramianWeighting",
+    "LossWeighting",
+    "Need",
+    "WeightingStrategy",
+    "check_finite",
+]
 
-Need = Literal["losses", "shared_jacobian"]
+Need = Literal["losses", "jacobian"]
+
+
+def check_finite(jacobian: torch.Tensor) -> None:
+    """Raise a clear error for NaN/Inf in J (one host sync; call outside the hot path
+    or where the method needs the host anyway)."""
+    if not bool(torch.isfinite(jacobian).all()):
+        raise FloatingPointError("the task Jacobian contains NaN or Inf")
 
 
 class WeightingStrategy(ABC):
@@ -31,6 +61,9 @@ class WeightingStrategy(ABC):
     """
 
     needs: ClassVar[Need]
+    batches_per_step: ClassVar[int] = 1
+    supports_rep: ClassVar[bool] = False
+    wants_post_step_losses: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.num_tasks = 0
@@ -44,6 +77,14 @@ class WeightingStrategy(ABC):
     def parameters(self) -> list[torch.Tensor]:
         """Learnable parameters of the strategy itself (trained with the model's optimizer)."""
         return []
+
+    def transform_losses(self, losses: torch.Tensor) -> torch.Tensor:
+        """Differentiable map applied to the (T,) losses before they are combined or
+        differentiated; identity by default."""
+        return losses
+
+    def post_step(self, losses: torch.Tensor) -> None:  # noqa: B027 (optional hook)
+        """With ``wants_post_step_losses``: the (T,) losses on the same batch after the update."""
 
     def end_epoch(self, mean_losses: torch.Tensor) -> None:  # noqa: B027 (optional hook)
         """Called after each epoch with the (T,) mean training loss of each task."""
@@ -62,8 +103,30 @@ class LossWeighting(WeightingStrategy):
 class GradientWeighting(WeightingStrategy):
     """A strategy that aggregates per-task gradients of the shared parameters."""
 
-    needs: ClassVar[Need] = "shared_jacobian"
+    needs: ClassVar[Need] = "jacobian"
 
     @abstractmethod
-    def aggregate(self, jacobian: torch.Tensor) -> torch.Tensor:
-        """Map the (T, P) Jacobian (row t: gradient of task t's loss) to a (P,) direction."""
+    def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+        """Map the (T, P) Jacobian (row t: gradient of task t's loss) to a (P,) direction.
+
+        ``losses`` are the (T,) detached task losses of the same step, for methods
+        that use them."""
+
+    def aggregate_batches(
+        self, jacobians: Sequence[torch.Tensor], losses: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """With ``batches_per_step = k``: one (T, P) Jacobian per independent batch."""
+        return self.aggregate(jacobians[0], losses[0])
+
+
+class GramianWeighting(GradientWeighting):
+    """A gradient strategy whose direction is ``weights(J J^T) @ J``."""
+
+    @abstractmethod
+    def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+        """(T,) weights from the (T, T) Gramian of the task gradients."""
+
+    def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.weights(jacobian @ jacobian.T, losses)
+        self.last_weights = w
+        return w.to(jacobian.dtype) @ jacobian

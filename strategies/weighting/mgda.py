@@ -133,7 +133,7 @@ class MGDA(GradientWeighting):
         self.tol = tol
         self.away_steps = away_steps
 
-    def aggregate(self, jacobian: torch.Tensor) -> torch.Tensor:
+    def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
         num = jacobian.shape[0]
         work = torch.promote_types(jacobian.dtype, torch.float32)
         rows = jacobian.to(work)

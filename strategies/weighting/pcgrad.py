@@ -87,6 +87,6 @@ class PCGrad(GradientWeighting):
         """(T, P) projected gradients g_i^PC (draws this step's random orders)."""
         return self.coefficients(jacobian).to(jacobian.dtype) @ jacobian
 
-    def aggregate(self, jacobian: torch.Tensor) -> torch.Tensor:
+    def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
         weights = self.coefficients(jacobian).sum(dim=0)
         return weights.to(jacobian.dtype) @ jacobian
