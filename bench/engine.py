@@ -80,7 +80,9 @@ class GradientEngine(ABC):
 
     name: str = ""
 
-    def check(self, strategy: type[WeightingStrategy], model: type[nn.Module]) -> None:
+    def check(  # noqa: B027 (most engines serve every strategy)
+        self, strategy: type[WeightingStrategy], model: type[nn.Module]
+    ) -> None:
         """Raise ``ValueError`` if this engine cannot serve the strategy class on the
         architecture class (checked when the grid is built, before anything runs)."""
 

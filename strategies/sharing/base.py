@@ -68,7 +68,7 @@ class SharingArchitecture(nn.Module, ABC):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def reset_stats(self) -> None:  # noqa: B027 (optional hook)
+    def reset_stats(self) -> None:
         """Clear diagnostics before an evaluation pass."""
 
     def stats(self) -> dict[str, Any]:
