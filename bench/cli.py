@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from bench.errors import ConfigError
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+
+PLUGGED_COMMANDS: dict[str, str] = {}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,8 +43,13 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    rep = sub.add_parser("report", help="write report.md for a run directory")
+    rep = sub.add_parser("report", help="write the report of a run directory")
     rep.add_argument("run_dir")
+
+    # Commands living in their own modules: each has HELP, add_arguments(parser), main(args).
+    for name, module in PLUGGED_COMMANDS.items():
+        mod = importlib.import_module(module)
+        mod.add_arguments(sub.add_parser(name, help=mod.HELP))
     return parser
 
 
@@ -124,8 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mtlbench`` console script; returns the exit code."""
     try:
         args = _build_parser().parse_args(argv)
-        handler = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report}[args.command]
-        return handler(args)
+        handlers = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report}
+        if args.command in PLUGGED_COMMANDS:
+            return importlib.import_module(PLUGGED_COMMANDS[args.command]).main(args)
+        return handlers[args.command](args)
     except ConfigError as err:
         print(f"mtlbench: error: {err}", file=sys.stderr)
         return EXIT_USAGE
