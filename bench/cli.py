@@ -39,8 +39,13 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: results/<sweep name>)")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a spec key, e.g. train.epochs=3")
-    run.add_argument("--executor", choices=["inline", "process"], help="override the spec's")
+    run.add_argument("--executor", choices=["inline", "process", "ray", "submitit"],
+                     help="override the spec's executor")
     run.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    run.add_argument("--ray-address", help="address of an existing Ray cluster")
+    run.add_argument("--time-limit", type=float, metavar="SECONDS", help="per-trial time limit")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="rerun trials whose record is not 'ok'")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     rep = sub.add_parser("report", help="write the report of a run directory")
@@ -85,13 +90,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from bench.config import load_spec
-    from bench.executor import run_specs
+    from bench.executors import run_specs
     from bench.grid import expand
     from bench.store import RunStore
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers: must be at least 1")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise ConfigError("--time-limit: must be a positive number of seconds")
     # Everything is validated (and the grid built) before anything is written.
     spec = load_spec(args.spec, preset=args.preset, overrides=args.overrides)
     trials = expand(spec)
@@ -102,17 +111,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     store.write_manifest(sweep, [t.id for t in trials])
 
     start = time.perf_counter()
+    overrides = {
+        "kind": args.executor, "workers": args.workers, "ray_address": args.ray_address,
+        "time_limit_s": args.time_limit,
+    }
+    options = dataclasses.replace(
+        spec.executor, **{k: v for k, v in overrides.items() if v is not None}
+    )
     outcome = run_specs(
-        trials,
-        store,
-        executor=args.executor or spec.executor,
-        workers=args.workers or spec.workers,
-        progress=not args.no_progress,
-        plugins=spec.plugins,
+        trials, store, options, retry_failed=args.retry_failed, progress=not args.no_progress
     )
     elapsed = time.perf_counter() - start
+    busy = f", {outcome.busy} running elsewhere" if outcome.busy else ""
     print(
-        f"{len(outcome.ran)} trials run, {outcome.skipped} already done, "
+        f"{len(outcome.ran)} trials run, {outcome.skipped} already done{busy}, "
         f"{len(outcome.failed)} failed, in {elapsed:.1f} s -> {out}"
     )
     for trial_id, status in outcome.failed.items():

@@ -19,6 +19,7 @@ import tomllib
 from pydantic import Field
 
 from bench.errors import ConfigError
+from bench.executors import ExecutorOptions
 from bench.registry import Registry, suggest
 
 __all__ = [
@@ -59,6 +60,16 @@ class TrainSettings(pydantic.BaseModel):
     eval_batch_size: Annotated[int, Field(ge=1)] = 4096
     engine: Literal["loop", "vmap", "gramian", "rep"] = "loop"
     device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")] = "cpu"
+    # CUDA only: deterministic kernels (torch.use_deterministic_algorithms); slower.
+    deterministic: bool = False
+
+
+class ProbeSettings(pydantic.BaseModel):
+    """Training-time probes of multi-task trials (0 = off): every N steps."""
+
+    model_config = _STRICT
+    conflict_every: Annotated[int, Field(ge=0)] = 0
+    affinity_every: Annotated[int, Field(ge=0)] = 0
 
 
 class Filter(pydantic.BaseModel):
@@ -94,8 +105,14 @@ class _RawSpec(pydantic.BaseModel):
     weighting: list[str | dict[str, Any]] = Field(min_length=1)
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
-    executor: Literal["inline", "process"] = "process"
+    probes: ProbeSettings = ProbeSettings()
+    executor: Literal["inline", "process", "ray", "submitit"] = "process"
     workers: Annotated[int, Field(ge=1, le=1024)] | None = None
+    time_limit_s: Annotated[float, Field(gt=0)] | None = None
+    gpus_per_trial: Annotated[float, Field(ge=0, le=64)] = 0.0
+    trials_per_gpu: Annotated[int, Field(ge=1, le=64)] = 1
+    ray_address: str | None = None
+    submitit: dict[str, Any] = {}
     plugins: list[str] = []
     include: list[Filter] = []
     exclude: list[Filter] = []
@@ -130,8 +147,8 @@ class SweepSpec:
     weighting: tuple[Component, ...]
     model: ModelSettings
     train: TrainSettings
-    executor: str
-    workers: int | None
+    probes: ProbeSettings
+    executor: ExecutorOptions
     plugins: tuple[str, ...]
     include: tuple[Filter, ...]
     exclude: tuple[Filter, ...]
@@ -146,6 +163,7 @@ class SweepSpec:
             "weighting": [c.to_dict() for c in self.weighting],
             "model": self.model.model_dump(),
             "train": self.train.model_dump(),
+            "probes": self.probes.model_dump(),
             "plugins": list(self.plugins),
             "include": [f.model_dump(exclude_none=True) for f in self.include],
             "exclude": [f.model_dump(exclude_none=True) for f in self.exclude],
@@ -330,8 +348,17 @@ def load_spec(
         ),
         model=parsed.model,
         train=parsed.train,
-        executor=parsed.executor,
-        workers=parsed.workers,
+        probes=parsed.probes,
+        executor=ExecutorOptions(
+            kind=parsed.executor,
+            workers=parsed.workers,
+            time_limit_s=parsed.time_limit_s,
+            plugins=tuple(parsed.plugins),
+            ray_address=parsed.ray_address,
+            gpus_per_trial=parsed.gpus_per_trial,
+            trials_per_gpu=parsed.trials_per_gpu,
+            submitit=dict(parsed.submitit),
+        ),
         plugins=tuple(parsed.plugins),
         include=tuple(parsed.include),
         exclude=tuple(parsed.exclude),

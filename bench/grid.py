@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench.config import Component, SweepSpec
@@ -38,6 +38,7 @@ class TrialSpec:
     model: dict[str, Any]
     train: dict[str, Any]
     tasks: tuple[str, ...] | None = None  # None: all of the dataset's tasks
+    probes: dict[str, Any] = field(default_factory=dict)  # training-time probes (0 = off)
 
     @property
     def is_baseline(self) -> bool:
@@ -52,6 +53,7 @@ class TrialSpec:
             "model": self.model,
             "train": self.train,
             "tasks": list(self.tasks) if self.tasks is not None else None,
+            "probes": self.probes,
         }
 
     @property
@@ -68,6 +70,7 @@ class TrialSpec:
             model=d["model"],
             train=d["train"],
             tasks=tuple(d["tasks"]) if d.get("tasks") is not None else None,
+            probes=d.get("probes", {}),
         )
 
 
@@ -84,6 +87,7 @@ def baseline_of(spec: TrialSpec, task: str) -> TrialSpec:
         model=spec.model,
         train=spec.train,
         tasks=(task,),
+        probes={},  # single-task trials have nothing to probe
     )
 
 
@@ -115,6 +119,7 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
     """
     model = sweep.model.model_dump()
     train = sweep.train.model_dump()
+    probes = {k: v for k, v in sweep.probes.model_dump().items() if v}
     trials: dict[str, TrialSpec] = {}
     baselines: dict[str, TrialSpec] = {}
     for ds, sh, wt, seed in itertools.product(
@@ -125,7 +130,7 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
             continue
         if any(f.matches(combo) for f in sweep.exclude):
             continue
-        spec = TrialSpec(ds, sh, wt, seed, model, train)
+        spec = TrialSpec(ds, sh, wt, seed, model, train, probes=probes)
         if sh.name != BASELINE_SHARING:
             _check_compatible(spec, sweep.source)
             trials.setdefault(spec.id, spec)

@@ -12,6 +12,8 @@ whose record exists is finished, so rerunning a sweep skips it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -61,6 +63,33 @@ class RunStore:
 
     def has(self, trial_id: str) -> bool:
         return self.record_path(trial_id).is_file()
+
+    def status(self, trial_id: str) -> str | None:
+        """Status of a finished trial, or None when it has no (readable) record."""
+        try:
+            return self.read(trial_id).get("status")
+        except (OSError, ValueError):
+            return None
+
+    @contextlib.contextmanager
+    def claim(self, trial_id: str) -> Iterator[bool]:
+        """Hold an exclusive lock on ``trial_id`` while it runs; yields False when another
+        process (e.g. a second ``mtlbench run`` on the same directory) holds it.
+
+        The lock is an ``flock`` on ``locks/<id>.lock``: the kernel releases it when
+        its holder dies, so a killed sweep never leaves a trial locked."""
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_dir / f"{trial_id}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
 
     def write(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.record_path(record["id"]), record)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 import traceback
 from datetime import datetime, timezone
@@ -21,11 +22,19 @@ from bench.data import MTLDataset, Split
 from bench.engine import ENGINES, StepContext, train_step
 from bench.environment import collect, resolve_device
 from bench.grid import TrialSpec
+from bench.probes import build_probes
 from bench.tasks import Task
 from strategies import sharing, weighting
 from strategies.sharing.base import BackboneSpec, SharingArchitecture
 
-__all__ = ["Diverged", "IncompatibleSpec", "execute", "run_trial"]
+__all__ = [
+    "Diverged",
+    "IncompatibleSpec",
+    "TrialTimeout",
+    "execute",
+    "failure_record",
+    "run_trial",
+]
 
 
 class IncompatibleSpec(ValueError):
@@ -35,9 +44,27 @@ class IncompatibleSpec(ValueError):
 class Diverged(RuntimeError):
     """A task loss became NaN or infinite."""
 
-    def __init__(self, epoch: int) -> None:
-        super().__init__(f"non-finite training loss in epoch {epoch}")
+    def __init__(self, epoch: int, step: int | None = None) -> None:
+        where = f"step {step} (epoch {epoch})" if step is not None else f"epoch {epoch}"
+        super().__init__(f"non-finite training loss at {where}")
         self.epoch = epoch
+        self.step = step
+
+
+class TrialTimeout(RuntimeError):
+    """The trial ran past its time limit."""
+
+
+def _set_determinism(device: torch.device, deterministic: bool) -> None:
+    """CPU kernels are deterministic already; on CUDA, ``deterministic`` selects
+    deterministic kernels (slower: no cuDNN autotuning, deterministic scatter/index ops)."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def _optimizer(params: list[torch.Tensor], train: dict[str, Any]) -> torch.optim.Optimizer:
@@ -85,10 +112,14 @@ def _select_tasks(dataset: MTLDataset, names: tuple[str, ...] | None) -> tuple[T
     return tuple(dataset.task(n) for n in names)
 
 
-def run_trial(spec: TrialSpec) -> dict[str, Any]:
-    """Train and evaluate ``spec``; returns the record's results (raises on divergence)."""
+def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
+    """Train and evaluate ``spec``; returns the record's results.
+
+    Raises ``Diverged`` on a non-finite loss and ``TrialTimeout`` once
+    ``time.perf_counter()`` passes ``deadline``."""
     train = spec.train
     device = resolve_device(train["device"])
+    _set_determinism(device, train.get("deterministic", False))
     dataset = data.load(spec.dataset.name, **spec.dataset.params)
     tasks = _select_tasks(dataset, spec.tasks)
     train_split, val_split, test_split = (
@@ -136,6 +167,9 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     train_seconds = 0.0
+    probes = build_probes(spec.probes, [t.name for t in tasks], train["lr"])
+    # Index of the first step with a non-finite loss, kept on the device (no per-step sync).
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
 
     def batch(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return train_split.x[idx], {k: v[idx] for k, v in train_split.y.items()}
@@ -146,10 +180,18 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         weight_sum: torch.Tensor | None = None
         perm = torch.randperm(n, generator=order).to(device)
         for step in range(steps_per_epoch):
+            global_step = epoch * steps_per_epoch + step
+            if deadline is not None and time.perf_counter() > deadline:
+                raise TrialTimeout(f"time limit reached at step {global_step} (epoch {epoch})")
             batches = [batch(perm[step * batch_size : (step + 1) * batch_size])]
             for _ in range(extra_batches):  # independent batches for multi-batch methods
                 batches.append(batch(torch.randint(n, (batch_size,), generator=order).to(device)))
-            loss_sum += train_step(ctx, batches, compute_losses)
+            for probe in probes:
+                probe.observe(global_step, model, shared, batches[0], compute_losses)
+            losses = train_step(ctx, batches, compute_losses)
+            loss_sum += losses
+            bad = ~torch.isfinite(losses).all() & (first_bad_step < 0)
+            first_bad_step = torch.where(bad, global_step, first_bad_step)
             if strategy.last_weights is not None:
                 w = strategy.last_weights.detach()
                 weight_sum = w.clone() if weight_sum is None else weight_sum + w
@@ -157,7 +199,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         train_losses = mean_losses.tolist()  # one device sync per epoch
         train_seconds += time.perf_counter() - start
         if not all(math.isfinite(v) for v in train_losses):
-            raise Diverged(epoch)
+            raise Diverged(epoch, int(first_bad_step))
         strategy.end_epoch(mean_losses)
 
         val_metrics, val_losses = evaluate(model, tasks, val_split, train["eval_batch_size"])
@@ -192,6 +234,7 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
         "shared_parameters": sum(p.numel() for p in shared),
         "flops_per_sample": flops_per_sample(model, val_split.x[:8]),
         "architecture_stats": architecture_stats,
+        "probes": {p.name: p.result() for p in probes},
         "timing": {
             "train_s": train_seconds,
             "steps": total_steps,
@@ -202,19 +245,44 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     }
 
 
-def execute(spec: TrialSpec) -> dict[str, Any]:
-    """Run ``spec`` and return its full record; failures become a status, never an exception."""
+def failure_record(spec: TrialSpec, status: str, error: str, **extra: Any) -> dict[str, Any]:
+    """The record of a trial that did not finish ``ok``."""
+    return {
+        "id": spec.id, "spec": spec.to_dict(), "status": status, "error": error, **extra,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
+
+
+def execute(spec: TrialSpec, time_limit_s: float | None = None) -> dict[str, Any]:
+    """Run ``spec`` and return its full record; failures become a status, never an exception.
+
+    Statuses: ``ok``; ``diverged`` (with ``diverged_step``); ``oom``; ``timeout``
+    (past ``time_limit_s``); ``error`` (with the traceback)."""
     start = time.perf_counter()
-    record: dict[str, Any] = {"id": spec.id, "spec": spec.to_dict(), "status": "ok", "error": None}
+    deadline = start + time_limit_s if time_limit_s is not None else None
     try:
-        record.update(run_trial(spec))
+        record = {"id": spec.id, "spec": spec.to_dict(), "status": "ok", "error": None,
+                  **run_trial(spec, deadline)}
+        record["finished_at"] = datetime.now(timezone.utc).isoformat()
     except Diverged as err:
-        record.update(status="diverged", error=str(err), diverged_epoch=err.epoch)
+        record = failure_record(spec, "diverged", str(err), diverged_epoch=err.epoch,
+                                diverged_step=err.step)
+    except TrialTimeout as err:
+        record = failure_record(spec, "timeout", str(err))
     except IncompatibleSpec as err:
-        record.update(status="error", error=str(err))
+        record = failure_record(spec, "error", str(err))
     except Exception as err:  # a failing trial must not stop the sweep
-        record.update(status="error", error=f"{type(err).__name__}: {err}",
-                      traceback=traceback.format_exc())
+        status = "oom" if _is_oom(err) else "error"
+        record = failure_record(spec, status, f"{type(err).__name__}: {err}",
+                                traceback=traceback.format_exc())
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # an OOM must not starve the next trial in this worker
     record["wall_s"] = time.perf_counter() - start
-    record["finished_at"] = datetime.now(timezone.utc).isoformat()
     return record

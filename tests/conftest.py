@@ -23,6 +23,12 @@ lr = 0.01
 
 
 @pytest.fixture
+def tiny_spec() -> str:
+    """The text of a tiny, fast sweep (one synthetic dataset, ew + mgda, two seeds)."""
+    return TINY_SPEC
+
+
+@pytest.fixture
 def write_spec(tmp_path: Path):
     """Write a sweep TOML (dedented) into tmp_path and return its path."""
 

@@ -6,7 +6,6 @@ import pytest
 
 from bench.config import load_spec, parse_override, preset_names
 from bench.errors import ConfigError
-from tests.conftest import TINY_SPEC
 
 
 def test_presets_are_packaged_and_valid():
@@ -68,16 +67,16 @@ BAD_SPECS = [
     ("[model]", "include = [{ weighting = \"pcgrad\" }]\n[model]",
      "include[0].weighting: 'pcgrad' is not in the sweep's weighting axis"),
     ("[model]", "exclude = [{ weighting = [\"ew\", \"mgda\"] }]\n[model]", "the grid is empty"),
-    ('name = "tiny"', "name = \"tiny\"\nexecutor = \"threads\"", "executor: Input should be 'inline' or 'process'"),
+    ('name = "tiny"', "name = \"tiny\"\nexecutor = \"threads\"", "executor: Input should be 'inline', 'process', 'ray' or 'submitit'"),
     ("hidden = [16]", "hidden = [0]", "model.hidden[0]: Input should be greater than or equal to 1"),
     ("hidden = [16]", "hidden = [16", "not valid TOML"),
 ]
 
 
 @pytest.mark.parametrize(("old", "new", "message"), BAD_SPECS, ids=[b[2][:40] for b in BAD_SPECS])
-def test_bad_specs_name_file_and_key(write_spec, old, new, message):
-    assert old in TINY_SPEC
-    path = write_spec(TINY_SPEC.replace(old, new, 1))
+def test_bad_specs_name_file_and_key(write_spec, tiny_spec, old, new, message):
+    assert old in tiny_spec
+    path = write_spec(tiny_spec.replace(old, new, 1))
     with pytest.raises(ConfigError) as info:
         from bench.grid import expand
 

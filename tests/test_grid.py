@@ -74,4 +74,4 @@ def test_id_is_a_fixed_hash_of_the_spec():
         train={"lr": 0.1},
     )
     assert spec.id == TrialSpec.from_dict(spec.to_dict()).id
-    assert spec.id == "8a22d3189d4b4367"
+    assert spec.id == "9b4e7f899caf37dd"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import load_spec
-from bench.executor import run_specs
+from bench.executors import ExecutorOptions, run_specs
 from bench.grid import expand
 from bench.store import RunStore, atomic_write_json, load
 
@@ -43,10 +43,10 @@ def test_atomic_write_replaces_via_rename(tmp_path, monkeypatch):
 def test_resume_skips_finished_trials(tmp_path, write_spec):
     trials = expand(load_spec(write_spec()))
     store = RunStore(tmp_path / "run")
-    first = run_specs(trials[:2], store, executor="inline", progress=False)
+    first = run_specs(trials[:2], store, ExecutorOptions(kind="inline"), progress=False)
     assert len(first.ran) == 2 and first.skipped == 0
     before = {t.id: store.read(t.id)["finished_at"] for t in trials[:2]}
-    second = run_specs(trials, store, executor="inline", progress=False)
+    second = run_specs(trials, store, ExecutorOptions(kind="inline"), progress=False)
     assert second.skipped == 2
     assert set(second.ran) == {t.id for t in trials[2:]}
     assert {t: store.read(t)["finished_at"] for t in before} == before
@@ -55,7 +55,7 @@ def test_resume_skips_finished_trials(tmp_path, write_spec):
 def test_load_returns_tidy_frame(tmp_path, write_spec):
     trials = expand(load_spec(write_spec()))
     store = RunStore(tmp_path / "run")
-    run_specs(trials, store, executor="inline", progress=False)
+    run_specs(trials, store, ExecutorOptions(kind="inline"), progress=False)
     df = load(store.root)
     assert set(df["trial_id"]) == {t.id for t in trials}
     assert set(df["split"]) == {"val", "test"}

@@ -1,0 +1,136 @@
+"""Executors: run trial specs and store one record per trial.
+
+- ``inline``: one after the other in this process (for debugging);
+- ``process``: a local pool of worker processes, one per core by default, each
+  limited to its share of the cores (and, on CUDA, to its own GPU);
+- ``ray``: Ray tasks on an existing cluster (``ray_address``) or a local Ray
+  started on the spot (extra ``mtlbench[ray]``);
+- ``submitit``: SLURM job arrays through submitit (extra ``mtlbench[submitit]``).
+
+Whatever the executor, a trial's record is the same: same id, same metrics on
+CPU. Local workers write their records themselves, so a crash of the parent
+loses nothing that finished; remote executors return records to the driver,
+which writes them as they arrive. Every trial is claimed with a lock first, so
+two sweeps on one run directory never run the same trial twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # bench.config imports this module: keep the grid import lazy
+    from bench.grid import TrialSpec
+    from bench.store import RunStore
+
+__all__ = ["ExecutorOptions", "SweepOutcome", "default_workers", "run_specs"]
+
+BUSY = "busy"  # claimed by another process running the same run directory
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """How to run trials; none of this changes a trial's id or result."""
+
+    kind: str = "process"
+    workers: int | None = None
+    time_limit_s: float | None = None
+    plugins: tuple[str, ...] = ()
+    ray_address: str | None = None
+    gpus_per_trial: float = 0.0
+    trials_per_gpu: int = 1
+    submitit: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepOutcome:
+    """What a call to :func:`run_specs` did."""
+
+    ran: dict[str, str]  # trial id -> status
+    skipped: int
+    busy: int = 0
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {k: v for k, v in self.ran.items() if v != "ok"}
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_one(spec_dict: dict[str, Any], run_dir: str, time_limit_s: float | None) -> tuple[str, str]:
+    """Claim, run and store one trial (in whatever process calls it)."""
+    from bench.grid import TrialSpec
+    from bench.store import RunStore
+    from bench.trial import execute
+
+    spec = TrialSpec.from_dict(spec_dict)
+    store = RunStore(run_dir)
+    with store.claim(spec.id) as mine:
+        if not mine:
+            return spec.id, BUSY
+        if store.status(spec.id) == "ok":  # finished by another sweep meanwhile
+            return spec.id, BUSY
+        record = execute(spec, time_limit_s=time_limit_s)
+        store.write(record)
+    return record["id"], record["status"]
+
+
+def run_specs(
+    specs: Sequence[TrialSpec],
+    store: RunStore,
+    options: ExecutorOptions | None = None,
+    *,
+    retry_failed: bool = False,
+    progress: bool = True,
+    on_done: Callable[[str, str], None] | None = None,
+) -> SweepOutcome:
+    """Run every spec without a record in ``store`` (and failed ones with ``retry_failed``)."""
+    from tqdm import tqdm
+
+    options = options or ExecutorOptions()
+
+    def pending(spec: TrialSpec) -> bool:
+        status = store.status(spec.id)
+        return status is None or (retry_failed and status != "ok")
+
+    todo = [s for s in specs if pending(s)]
+    outcome = SweepOutcome(ran={}, skipped=len(specs) - len(todo))
+    bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress,
+               dynamic_ncols=True)
+
+    def done(trial_id: str, status: str) -> None:
+        if status == BUSY:
+            outcome.busy += 1
+        else:
+            outcome.ran[trial_id] = status
+        bar.update(1)
+        bar.set_postfix(failed=len(outcome.failed), refresh=False)
+        if on_done is not None:
+            on_done(trial_id, status)
+
+    try:
+        if options.kind == "inline":
+            from bench.executors.local import run_inline
+
+            run_inline(todo, store, options, done)
+        elif options.kind == "process":
+            from bench.executors.local import run_process_pool
+
+            run_process_pool(todo, store, options, done)
+        elif options.kind == "ray":
+            from bench.executors.ray_executor import run_ray
+
+            run_ray(todo, store, options, done)
+        elif options.kind == "submitit":
+            from bench.executors.submitit_executor import run_submitit
+
+            run_submitit(todo, store, options, done)
+        else:
+            raise ValueError(f"unknown executor '{options.kind}'")
+    finally:
+        bar.close()
+    return outcome

@@ -1,0 +1,81 @@
+"""Ray executor: each trial is a Ray task (extra: ``pip install -e '.[ray]'``).
+
+Connects to ``ray_address`` when given (an existing cluster), else starts a
+local Ray with this machine's cores. ``gpus_per_trial`` (fractional allowed)
+is the task's GPU request; Ray then sets CUDA_VISIBLE_DEVICES for each task.
+Records travel back to the driver, which claims each trial's lock before
+submitting and writes the record when it arrives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench.errors import ConfigError
+from bench.executors import BUSY, ExecutorOptions, default_workers
+from bench.grid import TrialSpec
+from bench.store import RunStore
+
+__all__ = ["run_ray"]
+
+
+def _execute_remote(
+    spec_dict: dict[str, Any], time_limit_s: float | None, plugins: tuple[str, ...], threads: int
+) -> dict[str, Any]:
+    import torch
+
+    from bench.plugins import import_plugins, load_entry_points
+    from bench.trial import execute
+
+    torch.set_num_threads(threads)
+    load_entry_points()
+    import_plugins(plugins)
+    return execute(TrialSpec.from_dict(spec_dict), time_limit_s=time_limit_s)
+
+
+def run_ray(
+    todo: Sequence[TrialSpec],
+    store: RunStore,
+    options: ExecutorOptions,
+    done: Callable[[str, str], None],
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "executor 'ray' needs Ray: .venv/bin/pip install -e '.[ray]'"
+        ) from None
+    if not todo:
+        return
+    started_here = not ray.is_initialized()
+    if started_here:
+        if options.ray_address:
+            ray.init(address=options.ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=options.workers or default_workers(), include_dashboard=False,
+                     log_to_driver=False)
+    try:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        threads = max(1, int(cpus // max(1, min(len(todo), cpus))))
+        remote = ray.remote(num_cpus=1, num_gpus=options.gpus_per_trial)(_execute_remote)
+        with contextlib.ExitStack() as locks:
+            pending: dict[Any, str] = {}
+            for spec in todo:
+                if not locks.enter_context(store.claim(spec.id)) or store.status(spec.id) == "ok":
+                    done(spec.id, BUSY)
+                    continue
+                ref = remote.remote(spec.to_dict(), options.time_limit_s,
+                                    tuple(options.plugins), threads)
+                pending[ref] = spec.id
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    pending.pop(ref)
+                    record = ray.get(ref)
+                    store.write(record)
+                    done(record["id"], record["status"])
+    finally:
+        if started_here:
+            ray.shutdown()
