@@ -109,6 +109,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sweep = spec.to_dict()
     store.check_compatible(sweep)
     store.write_manifest(sweep, [t.id for t in trials])
+    store.remove_stale_temp_files()
 
     start = time.perf_counter()
     overrides = {

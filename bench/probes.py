@@ -52,7 +52,7 @@ class Probe:
             with torch.random.fork_rng(devices=devices):
                 self._observe(step, model, shared, batch, compute_losses)
 
-    def _observe(self, step, model, shared, batch, compute_losses) -> None:  # noqa: ANN001
+    def _observe(self, step, model, shared, batch, compute_losses) -> None:
         raise NotImplementedError
 
     def result(self) -> dict[str, Any]:
@@ -73,7 +73,7 @@ class ConflictProbe(Probe):
         self._cos: list[torch.Tensor] = []
         self._gms: list[torch.Tensor] = []
 
-    def _observe(self, step, model, shared, batch, compute_losses) -> None:  # noqa: ANN001
+    def _observe(self, step, model, shared, batch, compute_losses) -> None:
         x, y = batch
         losses = compute_losses(model(x), y)
         rows = []
@@ -121,7 +121,7 @@ class AffinityProbe(Probe):
         self._sum: torch.Tensor | None = None
         self._count = 0
 
-    def _observe(self, step, model, shared, batch, compute_losses) -> None:  # noqa: ANN001
+    def _observe(self, step, model, shared, batch, compute_losses) -> None:
         x, y = batch
         params = dict(model.named_parameters())
         shared_names = [n for n, p in params.items() if any(p is s for s in shared)]

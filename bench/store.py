@@ -34,7 +34,9 @@ MANIFEST = "manifest.json"
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's pid in the name lets a later run remove what a killed writer left.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -51,6 +53,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunStore:
     """Trial records of one run directory."""
 
@@ -60,6 +72,19 @@ class RunStore:
 
     def record_path(self, trial_id: str) -> Path:
         return self.trials_dir / f"{trial_id}.json"
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temporary files of writers that died mid-write (SIGKILL); returns how many."""
+        removed = 0
+        for tmp in self.trials_dir.glob(".*.tmp") if self.trials_dir.is_dir() else []:
+            try:
+                pid = int(tmp.name.split(".")[-3])
+            except (ValueError, IndexError):
+                continue
+            if not _pid_alive(pid):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def has(self, trial_id: str) -> bool:
         return self.record_path(trial_id).is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,16 @@ def test_load_returns_tidy_frame(tmp_path, write_spec):
     assert not df.duplicated(["trial_id", "task", "split", "metric"]).any()
     mtl = df[df["baseline_id"].notna()]
     assert set(mtl["baseline_id"]) <= set(df["trial_id"])
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    store = RunStore(tmp_path)
+    store.trials_dir.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    stale = store.trials_dir / f".abc.json.{dead.pid}.k3j.tmp"
+    live = store.trials_dir / f".abd.json.{os.getpid()}.k3j.tmp"
+    stale.write_text("{")
+    live.write_text("{")
+    assert store.remove_stale_temp_files() == 1
+    assert not stale.exists() and live.exists()

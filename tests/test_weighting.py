@@ -23,8 +23,11 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NAMES = ["ew", "uw", "dwa", "mgda", "pcgrad"]
 F64 = torch.float64
 
-# MGDA solved to (near) machine precision: away steps converge linearly.
-EXACT = {"away_steps": True, "tol": 1e-14, "max_iter": 10_000}
+# MGDA solved to (near) machine precision: the default active-set solver is exact, and
+# Frank-Wolfe with away steps converges linearly.
+EXACT = {}
+FW_EXACT = {"solver": "frank_wolfe", "away_steps": True, "tol": 1e-14, "max_iter": 10_000}
+FW = {"solver": "frank_wolfe"}
 
 fast = settings(max_examples=40, deadline=None)
 
@@ -75,6 +78,7 @@ def test_resolve_fills_defaults():
     assert WEIGHTING.resolve("dwa", {}) == {"temperature": 2.0}
     assert WEIGHTING.resolve("dwa", {"temperature": 0.5}) == {"temperature": 0.5}
     assert WEIGHTING.resolve("mgda", {"normalization": "l2"}) == {
+        "solver": "active_set",
         "normalization": "l2",
         "max_iter": 250,
         "tol": 1e-8,
@@ -96,6 +100,7 @@ def test_resolve_fills_defaults():
         ("mgda", {"max_iter": 0}),
         ("mgda", {"max_iter": 2.5}),
         ("mgda", {"tol": -1e-3}),
+        ("mgda", {"solver": "cvxpy"}),
         ("pcgrad", {"seed": 1}),
     ],
 )
@@ -260,12 +265,12 @@ def test_mgda_two_tasks_is_the_exact_closed_form(device, jac):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("num_tasks", "dim"), [(3, 4), (4, 10), (5, 50), (6, 6), (8, 300)])
 def test_mgda_matches_scipy_and_satisfies_kkt(device, num_tasks, dim):
-    for seed in range(4):
+    for seed, hyper in itertools.product(range(4), (EXACT, FW_EXACT)):
         jac = random_jacobian(num_tasks, dim, seed, device)
-        mgda = make("mgda", num_tasks, device, **EXACT)
+        mgda = make("mgda", num_tasks, device, **hyper)
         d = mgda.aggregate(jac)
         assert d.shape == (dim,) and d.dtype == F64 and d.device == jac.device
-        assert_min_norm_optimal(jac, mgda.last_weights, d, rtol=1e-10)
+        assert_min_norm_optimal(jac, mgda.last_weights, d, rtol=1e-12 if not hyper else 1e-10)
         reference = torch.from_numpy(min_norm_reference(jac.cpu().numpy())).to(device)
         scale = jac.pow(2).sum(1).max().item()
         assert (d @ d).item() <= (reference @ reference).item() + 1e-10 * scale
@@ -279,7 +284,7 @@ def test_mgda_paper_solver_defaults(device):
     # 2 C_f / (k + 2) of the optimum (Jaggi, ICML 2013), C_f <= 2 max ||g_i - g_j||^2.
     for num_tasks, dim in [(3, 5), (5, 40), (7, 200)]:
         jac = random_jacobian(num_tasks, dim, 11, device)
-        mgda = make("mgda", num_tasks, device)
+        mgda = make("mgda", num_tasks, device, **FW)
         d = mgda.aggregate(jac)
         alpha = mgda.last_weights
         assert (alpha >= 0).all() and alpha.sum().item() == pytest.approx(1.0)
@@ -289,7 +294,7 @@ def test_mgda_paper_solver_defaults(device):
         assert (d @ d).item() <= jac.mean(0).pow(2).sum().item() + 1e-12
         assert (d @ d).item() <= optimum @ optimum + 4 * diameter_sq / 252
         # With a tolerance it can reach, the stopping test certifies the KKT conditions.
-        certified = make("mgda", num_tasks, device, tol=1e-4, max_iter=100_000)
+        certified = make("mgda", num_tasks, device, tol=1e-4, max_iter=100_000, **FW)
         d = certified.aggregate(jac)
         assert_min_norm_optimal(jac, certified.last_weights, d, rtol=1e-4)
 
@@ -326,7 +331,7 @@ def test_mgda_zero_gradient_gives_zero_direction(device, num_tasks, dim):
         jac = random_jacobian(num_tasks, dim, seed, device)
         jac[seed % num_tasks] = 0.0
         scale = jac.pow(2).sum(1).max().item()
-        for hyper in ({}, {"normalization": "l2"}, EXACT):
+        for hyper in (FW, {"normalization": "l2", **FW}, EXACT, FW_EXACT):
             mgda = make("mgda", num_tasks, device, **hyper)
             d = mgda.aggregate(jac)
             assert torch.isfinite(d).all() and torch.isfinite(mgda.last_weights).all()
@@ -335,7 +340,8 @@ def test_mgda_zero_gradient_gives_zero_direction(device, num_tasks, dim):
             else:
                 # The stopping certificate 0 . d >= ||d||^2 - tol max_t ||g_t||^2, on the unit
                 # gradients (max norm 1) with l2 normalisation.
-                bound = hyper.get("tol", 1e-8) * (1.0 if "normalization" in hyper else scale)
+                tol = hyper.get("tol", 1e-13 if hyper is EXACT else 1e-8)
+                bound = tol * (1.0 if "normalization" in hyper else scale)
                 assert (d @ d).item() <= bound * (1 + 1e-9)
 
 
@@ -344,7 +350,7 @@ def test_mgda_zero_gradient_gives_zero_direction(device, num_tasks, dim):
 @pytest.mark.parametrize("factor", [1e-3, 7.5, 1e4])
 def test_mgda_scales_with_the_gradients(device, num_tasks, factor):
     jac = random_jacobian(num_tasks, 20, 3, device)
-    for hyper in ({}, EXACT):
+    for hyper in (FW, EXACT, FW_EXACT):
         mgda = make("mgda", num_tasks, device, **hyper)
         d = mgda.aggregate(jac)
         alpha = mgda.last_weights
@@ -395,13 +401,13 @@ def test_gradient_methods_keep_device_and_dtype(device, dtype, num_tasks):
 @given(jac=jacobian_arrays(st.integers(3, 6), st.integers(1, 6)))
 def test_mgda_iterates_stay_feasible_and_improve(device, jac):
     jacobian = torch.from_numpy(jac).to(device)
-    for hyper in ({}, {"away_steps": True}, {"normalization": "l2"}):
+    for hyper in (FW, {"away_steps": True, **FW}, {"normalization": "l2"}, EXACT):
         mgda = make("mgda", jac.shape[0], device, **hyper)
         d = mgda.aggregate(jacobian)
         weights = mgda.last_weights
         assert torch.isfinite(d).all() and (weights >= 0).all()
         assert torch.allclose(d, weights @ jacobian, atol=1e-9 * (1 + np.abs(jac).max()))
-        if not hyper:
+        if "normalization" not in hyper:
             assert weights.sum().item() == pytest.approx(1.0)
             assert (d @ d).item() <= (jac.mean(0) ** 2).sum() * (1 + 1e-12) + 1e-12
 
@@ -439,7 +445,8 @@ def test_pcgrad_two_conflicting_tasks_by_hand(device):
         pcgrad.project(jac), torch.tensor([[0.5, 0.5], [0.0, 1.0]], device=device)
     )
     assert torch.allclose(pcgrad.aggregate(jac), torch.tensor([0.5, 1.5], device=device))
-    assert pcgrad.last_weights is None
+    # The direction as weights on the original gradients: 2 g1 + 1.5 g2.
+    assert torch.allclose(pcgrad.last_weights, torch.tensor([2.0, 1.5], device=device))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -21,16 +21,22 @@ Implementation notes:
   one projection only changes C_ij. All tasks i advance together, one position of their
   random orders at a time (T - 1 rounds of T x T operations on the device), and the
   direction is (sum_i C_i) @ J. Mathematically the same as projecting the (T, P)
-  vectors; the Gramian is one O(T^2 P) product and each round then costs O(T^2)
-  instead of O(T P), with no (T, P) temporaries.
+  vectors; the Gramian is one O(T^2 P) product and each round then costs O(T^2).
+  PCGrad is therefore a :class:`GramianWeighting` with weights ``w = C.sum(0)`` (the
+  direction is ``w @ J``), so the ``gramian`` engine serves it without ever
+  concatenating J. ``last_weights`` holds these w: the weight each *original* task
+  gradient has in the direction (1 for every task when nothing conflicts).
 - Each task draws its own random order of the other tasks every step (as in the paper
   and the reference PyTorch ports), from a ``torch.Generator`` seeded in ``reset`` and
   living on the training device, so the orders never cross to the device (a blocking
   host-to-device copy would stall the stream every step). The same seed on the same
   kind of device gives the same orders.
-
-``last_weights`` stays ``None``: the paper presents PCGrad as gradient surgery, not as
-task weights.
+- The Gramian is formed in at least float32 (bfloat16/float16 Jacobians would lose the
+  sign of small dot products); the direction comes back in J's dtype.
+- A NaN/Inf in J raises ``FloatingPointError`` at once when J lives on the CPU. On an
+  accelerator that check would be a host sync per step, so it is left to the harness's
+  once-per-epoch divergence check (a non-finite J gives a non-finite direction, hence
+  non-finite parameters and losses).
 """
 
 from __future__ import annotations
@@ -38,11 +44,29 @@ from __future__ import annotations
 import torch
 
 from strategies.weighting import WEIGHTING
-from strategies.weighting.base import GradientWeighting
+from strategies.weighting.base import GramianWeighting, check_finite
+
+__all__ = ["PCGrad", "random_orders"]
+
+
+def random_orders(num: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(T, T-1) integer tensor: row i is a uniformly random order of the tasks other than i.
+
+    Drawn on the generator's device (no host round trip when it is the training device).
+    """
+    keys = torch.rand(num, num, generator=generator, device=generator.device)
+    keys.fill_diagonal_(2.0)  # task i sorts last and is cut off
+    return keys.argsort(dim=1)[:, : num - 1].to(device)
+
+
+def check_finite_on_cpu(jacobian: torch.Tensor) -> None:
+    """``check_finite`` where it costs no device sync (J on the CPU); see module docs."""
+    if jacobian.device.type == "cpu":
+        check_finite(jacobian)
 
 
 @WEIGHTING.register("pcgrad")
-class PCGrad(GradientWeighting):
+class PCGrad(GramianWeighting):
     """PCGrad: project away gradient conflicts between tasks (random order), then sum.
 
     Each g_i is projected onto the normal plane of every other original g_j it has a
@@ -57,24 +81,15 @@ class PCGrad(GradientWeighting):
         super().reset(num_tasks, device, seed)
         self._generator = torch.Generator(device=device).manual_seed(seed)
 
-    def _orders(self, num: int, device: torch.device) -> torch.Tensor:
-        """(T, T-1): row i is a uniformly random order of the tasks other than i."""
-        gen = self._generator
-        keys = torch.rand(num, num, generator=gen, device=gen.device)
-        keys.fill_diagonal_(2.0)  # task i sorts last and is cut off
-        return keys.argsort(dim=1)[:, : num - 1].to(device)
-
-    def coefficients(self, jacobian: torch.Tensor) -> torch.Tensor:
+    def coefficients_from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:
         """(T, T) matrix C with g_i^PC = sum_k C_ik g_k (draws this step's random orders)."""
-        num = jacobian.shape[0]
-        work = torch.promote_types(jacobian.dtype, torch.float32)
-        rows = jacobian.to(work)
-        gram = rows @ rows.T
+        num = gramian.shape[0]
+        gram = gramian.to(torch.promote_types(gramian.dtype, torch.float32))
         sq_norms = gram.diagonal()
         safe_sq_norms = torch.where(sq_norms > 0, sq_norms, torch.ones_like(sq_norms))
-        coef = torch.eye(num, dtype=work, device=jacobian.device)
-        orders = self._orders(num, jacobian.device)
-        tasks = torch.arange(num, device=jacobian.device)
+        coef = torch.eye(num, dtype=gram.dtype, device=gram.device)
+        orders = random_orders(num, self._generator, gram.device)
+        tasks = torch.arange(num, device=gram.device)
         for position in range(num - 1):
             other = orders[:, position]  # task j that each task i projects against now
             dots = (coef * gram[other]).sum(dim=1)  # g_i^PC . g_j = (C G)_ij
@@ -83,10 +98,21 @@ class PCGrad(GradientWeighting):
             coef = coef - step[:, None] * (other[:, None] == tasks[None, :])
         return coef
 
+    def coefficients(self, jacobian: torch.Tensor) -> torch.Tensor:
+        """(T, T) matrix C with g_i^PC = sum_k C_ik g_k (draws this step's random orders)."""
+        rows = jacobian.to(torch.promote_types(jacobian.dtype, torch.float32))
+        return self.coefficients_from_gramian(rows @ rows.T)
+
     def project(self, jacobian: torch.Tensor) -> torch.Tensor:
         """(T, P) projected gradients g_i^PC (draws this step's random orders)."""
         return self.coefficients(jacobian).to(jacobian.dtype) @ jacobian
 
+    def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+        return self.coefficients_from_gramian(gramian).sum(dim=0)
+
     def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
-        weights = self.coefficients(jacobian).sum(dim=0)
+        check_finite_on_cpu(jacobian)
+        rows = jacobian.to(torch.promote_types(jacobian.dtype, torch.float32))
+        weights = self.weights(rows @ rows.T, losses)
+        self.last_weights = weights
         return weights.to(jacobian.dtype) @ jacobian
