@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -12,10 +13,12 @@ from sklearn.metrics import roc_auc_score
 
 __all__ = ["HIGHER_IS_BETTER", "Task", "TaskKind"]
 
-TaskKind = Literal["binary", "multiclass", "regression"]
+TaskKind = Literal["binary", "multiclass", "regression", "objective"]
 
 # Direction of every metric mtlbench computes; analysis uses it for delta-m.
-HIGHER_IS_BETTER: dict[str, bool] = {"accuracy": True, "auc": True, "mse": False, "mae": False}
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "accuracy": True, "auc": True, "mse": False, "mae": False, "value": False,
+}
 
 
 @dataclass(frozen=True)
@@ -24,20 +27,27 @@ class Task:
 
     ``binary`` labels are floats in {0, 1} (one logit), ``multiclass`` labels are
     class indices in ``[0, num_classes)`` (``num_classes`` logits), ``regression``
-    targets are floats (one output).
+    targets are floats (one output). ``objective`` tasks have no labels: the
+    model's (B, num_classes) output is a point and ``objective`` maps it to the
+    per-sample loss (the toy loss landscapes of the CAGrad/Nash-MTL papers).
     """
 
     name: str
     kind: TaskKind
     num_classes: int = 0
+    objective: Callable[[torch.Tensor], torch.Tensor] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.kind == "multiclass" and self.num_classes < 2:
             raise ValueError(f"task '{self.name}': multiclass needs num_classes >= 2")
+        if self.kind == "objective" and (self.objective is None or self.num_classes < 1):
+            raise ValueError(f"task '{self.name}': objective needs a function and num_classes")
 
     @property
     def output_dim(self) -> int:
-        return self.num_classes if self.kind == "multiclass" else 1
+        return self.num_classes if self.kind in ("multiclass", "objective") else 1
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -45,12 +55,15 @@ class Task:
             "binary": ("accuracy", "auc"),
             "multiclass": ("accuracy",),
             "regression": ("mse", "mae"),
+            "objective": ("value",),
         }[self.kind]
 
     @property
     def primary_metric(self) -> str:
         """The metric shown first in tables (AUC for binary tasks, as in the MMoE paper)."""
-        return {"binary": "auc", "multiclass": "accuracy", "regression": "mse"}[self.kind]
+        return {
+            "binary": "auc", "multiclass": "accuracy", "regression": "mse", "objective": "value",
+        }[self.kind]
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss of a batch: BCE-with-logits, cross-entropy or MSE."""
@@ -58,12 +71,16 @@ class Task:
             return F.binary_cross_entropy_with_logits(output.squeeze(-1), target.float())
         if self.kind == "multiclass":
             return F.cross_entropy(output, target.long())
+        if self.kind == "objective":
+            return self.objective(output).mean()  # type: ignore[misc]
         return F.mse_loss(output.squeeze(-1), target.float())
 
     def score(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """All metrics of this task on a full split (called once per evaluation)."""
         out = output.detach().float().cpu()
         y = target.detach().cpu()
+        if self.kind == "objective":
+            return {"value": float(self.objective(out).mean())}  # type: ignore[misc]
         if self.kind == "binary":
             logits = out.squeeze(-1).numpy()
             labels = y.numpy().astype(np.int64)
