@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 EXIT_USAGE = 2
 
-PLUGGED_COMMANDS: dict[str, str] = {}
+PLUGGED_COMMANDS: dict[str, str] = {"compare": "bench.compare"}
 
 
 class _Parser(argparse.ArgumentParser):

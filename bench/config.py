@@ -45,6 +45,9 @@ class ModelSettings(pydantic.BaseModel):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     backbone: Literal["mlp", "cnn"] = "mlp"
     channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default=[16, 32], min_length=1)
+    # Equal capacity: rescale each architecture's widths to the parameter count of this
+    # architecture at the widths above (a name), or to this count (an integer).
+    match_params: str | Annotated[int, Field(ge=1)] | None = None
 
 
 class TrainSettings(pydantic.BaseModel):
@@ -367,4 +370,10 @@ def load_spec(
         if len(set(values)) != len(values):
             raise ConfigError(f"{source}: {axis}: contains duplicates")
     _check_filter_names(spec, source)
+    target = spec.model.match_params
+    if isinstance(target, str) and target not in SHARING:
+        raise ConfigError(
+            f"{source}: model.match_params: unknown sharing '{target}'"
+            f"{suggest(target, SHARING.names())}"
+        )
     return spec

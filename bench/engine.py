@@ -238,6 +238,7 @@ def apply_gradients(
     transformed = [strategy.transform_losses(losses) for losses in losses_per_batch]
     if not isinstance(strategy, GradientWeighting):
         strategy.combine(transformed[0]).backward()  # type: ignore[attr-defined]
+        _add_regularization(ctx.model)
         timer.mark("backward")
         return
     if ctx.shared:
@@ -250,7 +251,17 @@ def apply_gradients(
         grads = torch.autograd.grad(total, own, allow_unused=True)
         for p, g in zip(own, _zeros_if_none(grads, own), strict=True):
             p.grad = g
+    _add_regularization(ctx.model)
     timer.mark("backward")
+
+
+def _add_regularization(model: nn.Module) -> None:
+    """Add the architecture's own penalty (e.g. soft sharing's L2 between columns) to the
+    gradients the strategy produced; the strategy never weights or projects it."""
+    reg = getattr(model, "regularization", None)
+    penalty = reg() if reg is not None else None
+    if penalty is not None and penalty.requires_grad:
+        penalty.backward()  # accumulates into .grad
 
 
 def train_step(

@@ -79,12 +79,15 @@ def baseline_of(spec: TrialSpec, task: str) -> TrialSpec:
     from strategies.sharing import SHARING
     from strategies.weighting import WEIGHTING
 
+    model = dict(spec.model)
+    model.pop("matched_parameters", None)
+    model.update(model.pop("reference", {}))  # baselines keep the sweep's own widths
     return TrialSpec(
         dataset=spec.dataset,
         sharing=Component(BASELINE_SHARING, SHARING.resolve(BASELINE_SHARING, {})),
         weighting=Component(BASELINE_WEIGHTING, WEIGHTING.resolve(BASELINE_WEIGHTING, {})),
         seed=spec.seed,
-        model=spec.model,
+        model=model,
         train=spec.train,
         tasks=(task,),
         probes={},  # single-task trials have nothing to probe
@@ -95,6 +98,68 @@ def task_names(dataset: Component) -> list[str]:
     from bench import data
 
     return [t.name for t in data.load(dataset.name, **dataset.params).tasks]
+
+
+def _backbone(model: dict[str, Any]) -> Any:
+    from strategies.sharing import BackboneSpec
+
+    return BackboneSpec(
+        hidden=tuple(model["hidden"]), tower=tuple(model["tower"]), dropout=model["dropout"],
+        kind=model["backbone"], channels=tuple(model["channels"]),
+    )
+
+
+def _build_check(ds: Component, sh: Component, model: dict[str, Any], source: str) -> None:
+    """Build the architecture on the meta device (no memory) so that a combination that
+    cannot work (e.g. MTAN on an MLP backbone) is a ConfigError before anything runs."""
+    import torch
+
+    from bench import data
+    from strategies import sharing
+
+    dataset = data.load(ds.name, **ds.params)
+    try:
+        with torch.device("meta"):
+            sharing.get(sh.name, dataset.input_shape, dataset.tasks, _backbone(model),
+                        **sh.params)
+    except ValueError as err:
+        raise ConfigError(f"{source}: sharing '{sh.name}' on dataset '{ds.name}': {err}") from None
+
+
+def _matched_model(
+    ds: Component, sh: Component, model: dict[str, Any], source: str
+) -> dict[str, Any]:
+    """``model`` with widths rescaled so that ``sh`` has the parameter count of the target
+    (``model.match_params``: an architecture name at the sweep's widths, or a count)."""
+    import dataclasses
+
+    from bench import data
+    from strategies.sharing import count_parameters, match_params
+
+    target = model.get("match_params")
+    if target is None:
+        return model
+    dataset = data.load(ds.name, **ds.params)
+    backbone = _backbone(model)
+    if isinstance(target, str):
+        target = count_parameters(target, dataset.input_shape, dataset.tasks, backbone)
+    try:
+        matched = match_params(sh.name, dataset.input_shape, dataset.tasks, backbone, target,
+                               **sh.params)
+    except ValueError as err:
+        raise ConfigError(f"{source}: model.match_params: {err}") from None
+    widths = dataclasses.asdict(matched)
+    reference = {k: model[k] for k in ("hidden", "tower", "channels")}
+    return {**model, "hidden": list(widths["hidden"]), "tower": list(widths["tower"]),
+            "channels": list(widths["channels"]), "matched_parameters": target,
+            "reference": reference}
+
+
+def _has_baselines(ds: Component) -> bool:
+    """Objective tasks (toy landscapes) have no data to train a single-task model on."""
+    from bench import data
+
+    return all(t.kind != "objective" for t in data.load(ds.name, **ds.params).tasks)
 
 
 def _check_compatible(spec: TrialSpec, source: str) -> None:
@@ -120,6 +185,7 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
     model = sweep.model.model_dump()
     train = sweep.train.model_dump()
     probes = {k: v for k, v in sweep.probes.model_dump().items() if v}
+    matched: dict[tuple[str, ...], dict[str, Any]] = {}
     trials: dict[str, TrialSpec] = {}
     baselines: dict[str, TrialSpec] = {}
     for ds, sh, wt, seed in itertools.product(
@@ -130,13 +196,18 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
             continue
         if any(f.matches(combo) for f in sweep.exclude):
             continue
-        spec = TrialSpec(ds, sh, wt, seed, model, train, probes=probes)
+        key = (ds.name, canonical_json(ds.params), sh.name, canonical_json(sh.params))
+        if key not in matched:
+            _build_check(ds, sh, model, sweep.source)
+            matched[key] = _matched_model(ds, sh, model, sweep.source)
+        spec = TrialSpec(ds, sh, wt, seed, matched[key], train, probes=probes)
         if sh.name != BASELINE_SHARING:
             _check_compatible(spec, sweep.source)
             trials.setdefault(spec.id, spec)
-        for task in task_names(ds):
-            base = baseline_of(spec, task)
-            baselines.setdefault(base.id, base)
+        if _has_baselines(ds):
+            for task in task_names(ds):
+                base = baseline_of(spec, task)
+                baselines.setdefault(base.id, base)
     if not trials and not baselines:
         raise ConfigError(f"{sweep.source}: the grid is empty (include/exclude remove every trial)")
     return list(trials.values()) + [b for k, b in baselines.items() if k not in trials]

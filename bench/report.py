@@ -1,18 +1,222 @@
-"""Report: ``report.md`` of a run directory, built from the stored records alone."""
+"""Report of a run directory, built from the stored records alone.
+
+``write_report(run_dir)`` writes
+
+- ``report.md`` and a self-contained ``report.html`` (plots embedded as base64 PNG data
+  URIs, no external resource, every config string escaped by jinja2's autoescape);
+- ``tables/<name>.csv`` (numbers) and ``tables/<name>.tex`` (booktabs, LaTeX-escaped);
+- ``plots/<name>.png`` and ``.svg`` (seaborn, Agg backend).
+
+Sections: overview, results per dataset (with the scalarization front when ``ls`` trials
+exist), rankings across datasets, negative transfer, task relationships (gradient
+conflict and affinity probes, expert utilisation), cost (time per step, throughput and,
+with ``speed/*.json`` records, memory and scaling), environment, failed trials. See
+:mod:`bench.analysis` for the statistics.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from bench import store
-from bench.analysis import trial_summary
+from bench import analysis, store
 from bench.errors import ConfigError
 from bench.tasks import HIGHER_IS_BETTER
 
-__all__ = ["write_report"]
+__all__ = ["load_speed", "to_latex", "write_report"]
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+# --------------------------------------------------------------------------- document model
+
+
+@dataclass
+class Block:
+    kind: str  # heading | para | note | bullets | table | figure
+    text: str = ""
+    items: list[str] = field(default_factory=list)
+    name: str = ""
+    caption: str = ""
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    b64: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    anchor: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+class _Doc:
+    """Collects sections, and writes tables and plots as they are added."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.sections: list[Section] = []
+        self.tables_dir = run_dir / "tables"
+        self.plots_dir = run_dir / "plots"
+        self._names: dict[str, set[str]] = {"table": set(), "figure": set()}
+
+    def section(self, title: str) -> Section:
+        sec = Section(title, f"s{len(self.sections) + 1}")
+        self.sections.append(sec)
+        return sec
+
+    def unique(self, kind: str, name: str) -> str:
+        base, i = name, 2
+        while name in self._names[kind]:
+            name, i = f"{base}-{i}", i + 1
+        self._names[kind].add(name)
+        return name
+
+    def table(self, sec: Section, name: str, display: pd.DataFrame, caption: str,
+              raw: pd.DataFrame | None = None, *, show: bool = True) -> None:
+        """Write ``tables/name.csv`` (``raw``, else ``display``) and ``.tex`` (``display``);
+        show ``display`` in the report unless ``show`` is false."""
+        name = self.unique("table", name)
+        self.tables_dir.mkdir(parents=True, exist_ok=True)
+        (raw if raw is not None else display).to_csv(self.tables_dir / f"{name}.csv",
+                                                     index=False)
+        (self.tables_dir / f"{name}.tex").write_text(to_latex(display, caption), "utf-8")
+        if not show:
+            return
+        sec.blocks.append(Block(
+            "table", name=name, caption=caption, columns=[str(c) for c in display.columns],
+            rows=[[_cell(v) for v in row] for row in display.itertuples(index=False)],
+        ))
+
+    def figure(self, sec: Section, name: str, fig: Any, caption: str) -> None:
+        if fig is None:
+            return
+        from bench import plots
+
+        name = self.unique("figure", name)
+        png = plots.save(fig, self.plots_dir, name)
+        sec.blocks.append(Block("figure", name=name, caption=caption,
+                                b64=base64.b64encode(png).decode("ascii")))
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float | np.floating):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of ``text`` (a hash is appended when characters change)."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.")[:50] or "x"
+    if s != text:
+        s += "-" + hashlib.sha1(str(text).encode()).hexdigest()[:6]
+    return s
+
+
+# --------------------------------------------------------------------------- LaTeX
+
+_LATEX = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+    "Δ": r"$\Delta$", "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "—": "---",
+    "–": "--", "…": r"\ldots{}", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
+}
+
+
+def latex_escape(text: object) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in str(text))
+
+
+def to_latex(df: pd.DataFrame, caption: str = "") -> str:
+    """A booktabs ``table`` of ``df`` (cells as shown in the report, LaTeX-escaped)."""
+    def numeric(col: pd.Series) -> bool:
+        return all(re.fullmatch(r"[-+]?[\d.,eE+\-\s\[\]±—%]*", _cell(v)) for v in col)
+
+    align = "".join("r" if numeric(df[c]) else "l" for c in df.columns) or "l"
+    lines = [r"\begin{table}[ht]", r"\centering"]
+    if caption:
+        lines.append(rf"\caption{{{latex_escape(caption)}}}")
+    lines += [rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+              " & ".join(latex_escape(c) for c in df.columns) + r" \\", r"\midrule"]
+    for row in df.itertuples(index=False):
+        lines.append(" & ".join(latex_escape(_cell(v)) for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    return list(store.RunStore(run_dir).records())
+
+
+def load_speed(run_dir: str | Path) -> pd.DataFrame:
+    """Speed records of ``RUN_DIR/speed/*.json`` as a flat frame (missing keys -> NaN)."""
+    rows = []
+    for path in sorted((Path(run_dir) / "speed").glob("*.json")):
+        try:
+            rec = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(rec, dict) or rec.get("kind", "speed") != "speed":
+            continue
+        step = rec.get("step") or {}
+        row = {
+            "file": path.name,
+            **{k: rec.get(k) for k in ("strategy", "engine", "sharing", "num_tasks",
+                                       "batch_size", "width", "device")},
+            "step_median_s": step.get("median_s", math.nan),
+            "step_iqr_s": step.get("iqr_s", math.nan),
+            "samples_per_s": rec.get("samples_per_s", math.nan),
+            "peak_memory_bytes": rec.get("peak_memory_bytes", math.nan),
+            "ratio_to_ew": rec.get("ratio_to_ew", math.nan),
+        }
+        for phase, v in (rec.get("phases") or {}).items():
+            row[f"phase_{phase}_median_s"] = (v or {}).get("median_s", math.nan)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for col in ("strategy", "engine", "sharing"):
+        if col in df:
+            df[col] = df[col].fillna("n/a").astype(str)
+    for col in ("step_median_s", "step_iqr_s", "samples_per_s", "peak_memory_bytes",
+                "ratio_to_ew", "num_tasks", "batch_size", "width"):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def _labels(tidy: pd.DataFrame) -> pd.DataFrame:
+    cols = ["trial_id", "dataset", "sharing", "weighting", "seed", "baseline_task", "status"]
+    lab = tidy.drop_duplicates("trial_id")[cols].set_index("trial_id")
+    lab["strategy"] = [analysis.strategy_label(s, w)
+                       for s, w in zip(lab["sharing"], lab["weighting"], strict=True)]
+    return lab
+
+
+def _mtl_ok(records: Iterable[dict], labels: pd.DataFrame) -> Iterable[tuple[dict, pd.Series]]:
+    for rec in records:
+        if rec.get("id") in labels.index and rec.get("status") == "ok":
+            lab = labels.loc[rec["id"]]
+            if pd.isna(lab["baseline_task"]):
+                yield rec, lab
+
+
+# --------------------------------------------------------------------------- formatting
 
 
 def _pm(values: pd.Series, digits: int = 3) -> str:
@@ -24,100 +228,536 @@ def _pm(values: pd.Series, digits: int = 3) -> str:
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
+def _ci(mean: float, low: float, high: float, digits: int = 2) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "—"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def _primary_metric(tidy: pd.DataFrame, task: str) -> str:
-    metrics = set(tidy.loc[tidy["task"] == task, "metric"])
+    metrics = set(tidy.loc[tidy["task"] == task, "metric"].dropna())
     for preferred in ("auc", "accuracy", "mse"):
         if preferred in metrics:
             return preferred
-    return sorted(metrics - {"loss"})[0]
+    rest = sorted(metrics - {"loss"}) or sorted(metrics)
+    return rest[0] if rest else "loss"
 
 
-def _dataset_table(tidy: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+def _dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Display and raw tables of one dataset: one row per (sharing, weighting) and one for
+    the single-task baselines."""
     test = tidy[(tidy["split"] == "test") & (tidy["status"] == "ok")]
-    tasks = list(dict.fromkeys(test["task"]))
+    tasks = list(dict.fromkeys(test["task"].dropna()))
     primary = {t: _primary_metric(test, t) for t in tasks}
-    rows = []
+    rows, raw = [], []
     mtl = test[test["baseline_id"].notna()]
     for (sharing, weighting), group in mtl.groupby(["sharing", "weighting"], sort=True):
         row = {"sharing": sharing, "weighting": weighting}
+        r = {"sharing": sharing, "weighting": weighting}
         for t in tasks:
-            sel = group[(group["task"] == t) & (group["metric"] == primary[t])]
-            row[f"{t} {primary[t]}"] = _pm(sel.groupby("seed")["value"].first())
-        sm = summary[(summary["sharing"] == sharing) & (summary["weighting"] == weighting)]
-        row["Δm task ↑ (%)"] = _pm(sm["delta_m_task"], 2)
-        row["Δm metric ↓ (%)"] = _pm(sm["delta_m_metric"], 2)
+            per_seed = group[(group["task"] == t) & (group["metric"] == primary[t])]
+            per_seed = per_seed.groupby("seed")["value"].first()
+            row[f"{t} {primary[t]}"] = _pm(per_seed)
+            r[f"{t}_{primary[t]}_mean"] = per_seed.mean()
+            r[f"{t}_{primary[t]}_std"] = per_seed.std(ddof=1)
+        c = cells[(cells["sharing"] == sharing) & (cells["weighting"] == weighting)]
+        c = c.iloc[0] if not c.empty else None
+        for name, head in (("delta_m_task", "Δm task ↑ (%)"), ("delta_m_metric",
+                                                               "Δm metric ↓ (%)")):
+            vals = (c[name], c[f"{name}_low"], c[f"{name}_high"]) if c is not None else (
+                math.nan, math.nan, math.nan)
+            row[head] = _ci(*vals)
+            r[name], r[f"{name}_low"], r[f"{name}_high"] = vals
         trials = group.drop_duplicates("trial_id")
         row["step (ms)"] = _pm(trials["step_s"] * 1000, 2)
         row["trial (s)"] = _pm(trials["wall_s"], 1)
         row["seeds"] = trials["seed"].nunique()
+        r.update(step_s_median=trials["step_s"].median(), wall_s_mean=trials["wall_s"].mean(),
+                 seeds=row["seeds"])
         rows.append(row)
+        raw.append(r)
     base = test[test["baseline_task"].notna()]
     if not base.empty:
         row = {"sharing": "stl (baselines)", "weighting": "—"}
+        r = {"sharing": "stl", "weighting": "ew"}
         for t in tasks:
-            sel = base[(base["task"] == t) & (base["metric"] == primary[t])]
-            row[f"{t} {primary[t]}"] = _pm(sel.groupby("seed")["value"].first())
+            per_seed = base[(base["task"] == t) & (base["metric"] == primary[t])]
+            per_seed = per_seed.groupby("seed")["value"].first()
+            row[f"{t} {primary[t]}"] = _pm(per_seed)
+            r[f"{t}_{primary[t]}_mean"] = per_seed.mean()
+            r[f"{t}_{primary[t]}_std"] = per_seed.std(ddof=1)
         row["Δm task ↑ (%)"] = row["Δm metric ↓ (%)"] = "0 (ref.)"
+        r.update(delta_m_task=0.0, delta_m_metric=0.0)
         trials = base.drop_duplicates("trial_id")
         row["step (ms)"] = _pm(trials["step_s"] * 1000, 2)
         row["trial (s)"] = _pm(trials["wall_s"], 1)
         row["seeds"] = trials["seed"].nunique()
+        r.update(step_s_median=trials["step_s"].median(), wall_s_mean=trials["wall_s"].mean(),
+                 seeds=row["seeds"])
         rows.append(row)
+        raw.append(r)
+    return pd.DataFrame(rows), pd.DataFrame(raw)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _overview(doc: _Doc, run_dir: Path, tidy: pd.DataFrame, labels: pd.DataFrame,
+              sweep: dict) -> None:
+    sec = doc.section("Overview")
+    status = Counter(labels["status"])
+    mtl = labels[labels["baseline_task"].isna()]
+    sec.blocks.append(Block("para", text=(
+        f"{len(labels)} trials in {run_dir} ("
+        + ", ".join(f"{n} {s}" for s, n in sorted(status.items()))
+        + f"): {len(mtl)} multi-task, {len(labels) - len(mtl)} single-task baselines; "
+        f"{labels['dataset'].nunique()} datasets, {mtl['strategy'].nunique()} strategies "
+        f"(sharing/weighting), seeds {sorted(set(labels['seed']))}.")))
+    sec.blocks.append(Block("bullets", items=[
+        "Test-split metrics; each trial's checkpoint was selected on the validation split.",
+        "Δm task ↑: task-level mean of relative improvement over the single-task baseline "
+        "with the same seed, in percent (higher is better).",
+        "Δm metric ↓: metric-level mean of relative drop over all metrics, in percent "
+        "(Nash-MTL / FAMO convention; lower is better).",
+        f"Intervals: {analysis.CI_LEVEL:.0%} percentile bootstrap of the mean over seeds "
+        f"({analysis.BOOTSTRAP_RESAMPLES:,} resamples, seed {analysis.BOOTSTRAP_SEED}); "
+        "one seed gives no interval. Metric values are mean ± std over seeds.",
+        "Negative transfer: a task whose whole interval of relative change lies below zero.",
+        "Metric directions: " + ", ".join(
+            f"{m} {'↑' if hi else '↓'}" for m, hi in HIGHER_IS_BETTER.items())
+        + ". step: training time per step; trial: wall time per trial.",
+    ]))
+
+
+def _results(doc: _Doc, tidy: pd.DataFrame, cells: pd.DataFrame, summary: pd.DataFrame,
+             weights: pd.DataFrame) -> None:
+    from bench import plots
+
+    sec = doc.section("Results per dataset")
+    fronts = analysis.scalarization_front(summary) if not summary.empty else {}
+    for dataset, group in tidy.groupby("dataset", sort=True):
+        ds = str(dataset)
+        sec.blocks.append(Block("heading", text=ds))
+        display, raw = _dataset_table(group, cells[cells["dataset"] == dataset])
+        if display.empty:
+            sec.blocks.append(Block("note", text="(no finished trial)"))
+        else:
+            doc.table(sec, f"results-{slug(ds)}", display,
+                      f"{ds}: test metrics (mean ± std over seeds) and Δm with "
+                      f"{analysis.CI_LEVEL:.0%} bootstrap intervals", raw)
+        w = weights[weights["dataset"] == dataset] if not weights.empty else weights
+        if not w.empty:
+            doc.figure(sec, f"weights-{slug(ds)}", plots.weights_over_training(
+                w, f"{ds}: task weights over training"),
+                f"{ds}: task weights per epoch (mean over seeds); strategies whose weights "
+                "never change are left out.")
+        if ds in fronts:
+            front = fronts[ds]
+            tasks = [c[4:] for c in front.columns if c.startswith("rel_")]
+            doc.figure(sec, f"pareto-{slug(ds)}", plots.pareto_front(
+                front, tasks, f"{ds}: linear-scalarization front"),
+                f"{ds}: per-task relative change (%) of ls trials with fixed weights (grey; "
+                "front line) and of the other strategies (cross: dominated by an ls point).")
+            disp = front.copy()
+            for t in tasks:
+                disp[f"rel_{t}"] = disp[f"rel_{t}"].map(lambda v: f"{v:.2f}")
+            disp["on ls front"] = [("yes" if f else "no") if ls else "" for ls, f in zip(
+                disp["is_ls"], disp["on_front"], strict=True)]
+            disp["dominated"] = [
+                "" if ls else ("n/a (no ls trial)" if d is None else ("yes" if d else "no"))
+                for ls, d in zip(disp["is_ls"], disp["dominated"], strict=True)]
+            disp = disp.rename(columns={f"rel_{t}": f"{t} rel. change (%)" for t in tasks})
+            disp = disp.drop(columns=["is_ls", "on_front"])
+            doc.table(sec, f"scalarization-{slug(ds)}", disp,
+                      f"{ds}: scalarization front (Xin et al. 2022; Kurin et al. 2022)",
+                      front)
+
+
+def _rankings(doc: _Doc, cells: pd.DataFrame) -> None:
+    from bench import plots
+
+    sec = doc.section("Rankings across datasets")
+    use = cells[~cells["weighting"].map(analysis.is_scalarization)]
+    doc.figure(sec, "delta-m-heatmap", plots.delta_m_heatmap(use),
+               "Δm task (%) per strategy and dataset, mean over seeds.")
+    if use.empty or use["dataset"].nunique() < 1:
+        sec.blocks.append(Block("note", text="(no multi-task results)"))
+        return
+    rk = analysis.rankings(use, "delta_m_task")
+    sec.blocks.append(Block("para", text=(
+        "Strategies ranked within each dataset by Δm task (1 = best, ties averaged); the "
+        "Friedman test and the Nemenyi critical difference (α = 0.05, studentized range) "
+        "need at least 3 strategies with a result on every one of at least 2 datasets. "
+        "ls (fixed-weight scalarization) trials are left out.")))
+    if rk.mean_rank.empty:
+        sec.blocks.append(Block("note", text=rk.note))
+        return
+    table = pd.DataFrame({"strategy": rk.mean_rank.index,
+                          "mean rank": rk.mean_rank.round(3).to_numpy()})
+    for dataset in rk.ranks.index:
+        table[f"rank on {dataset}"] = rk.ranks.loc[dataset, rk.mean_rank.index].to_numpy()
+    doc.table(sec, "rankings", table, "Mean rank by Δm task (1 = best)")
+    if rk.dropped:
+        sec.blocks.append(Block("note", text="Left out (no Δm on every dataset): "
+                                + ", ".join(rk.dropped)))
+    if rk.testable:
+        verdict = "differ" if rk.friedman_p < rk.alpha else "do not differ significantly"
+        sec.blocks.append(Block("para", text=(
+            f"Friedman χ² = {rk.friedman_statistic:.3f}, p = {rk.friedman_p:.4g} "
+            f"({len(rk.mean_rank)} strategies, {len(rk.ranks)} datasets): the strategies "
+            f"{verdict} at α = {rk.alpha}. Nemenyi CD = {rk.cd:.3f}; strategies joined by a "
+            "bar in the diagram are not significantly different. With few datasets the "
+            "test has little power.")))
+        doc.figure(sec, "cd-diagram", plots.cd_diagram(rk.mean_rank, rk.cd, rk.cliques,
+                                                       len(rk.ranks)),
+                   "Critical-difference diagram (Demšar 2006): mean ranks, Nemenyi CD.")
+    else:
+        sec.blocks.append(Block("note", text=rk.note))
+
+
+def _negative_transfer(doc: _Doc, intervals: pd.DataFrame) -> None:
+    from bench import plots
+
+    sec = doc.section("Negative transfer")
+    if intervals.empty:
+        sec.blocks.append(Block("note", text="(no multi-task trial with its baselines)"))
+        return
+    flagged = intervals[intervals["negative_transfer"]]
+    sec.blocks.append(Block("para", text=(
+        f"{len(flagged)} of {len(intervals)} (strategy, task) pairs show negative transfer "
+        f"(whole {analysis.CI_LEVEL:.0%} interval of the relative change below zero).")))
+    disp = intervals.assign(**{
+        "relative change (%)": [_ci(m, lo, hi) for m, lo, hi in zip(
+            intervals["mean"], intervals["low"], intervals["high"], strict=True)],
+        "negative transfer": intervals["negative_transfer"].map({True: "yes", False: "no"}),
+    })[["dataset", "strategy", "task", "relative change (%)", "n_seeds", "negative transfer"]]
+    show = disp[intervals["negative_transfer"].to_numpy()]
+    if not show.empty:
+        doc.table(sec, "negative-transfer", show, "Tasks with negative transfer",
+                  intervals[intervals["negative_transfer"]])
+    doc.table(sec, "task-changes", disp,
+              "Relative change of every task against its single-task baseline", intervals,
+              show=False)
+    sec.blocks.append(Block("note", text=(
+        "The relative change of every (strategy, task) pair is in tables/task-changes.csv; "
+        "the plots below show them with their intervals.")))
+    for dataset, group in intervals.groupby("dataset", sort=True):
+        ds = str(dataset)
+        doc.figure(sec, f"task-changes-{slug(ds)}", plots.task_changes(group, ds),
+                   f"{ds}: relative change per task with {analysis.CI_LEVEL:.0%} bootstrap "
+                   "intervals; red circles mark negative transfer.")
+
+
+def _relationships(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None:
+    from bench import plots
+
+    sec = doc.section("Task relationships")
+    conflict_rows, cosine_rows, affinity_rows, expert_rows = [], [], [], []
+    for rec, lab in _mtl_ok(records, labels):
+        key = {"dataset": lab["dataset"], "strategy": lab["strategy"], "seed": lab["seed"]}
+        probes = rec.get("probes") or {}
+        conflict = probes.get("conflict") or {}
+        steps = conflict.get("steps") or []
+        fractions = conflict.get("conflict_fraction") or {}
+        for pair, series in (conflict.get("pairs") or {}).items():
+            cos = [v for v in (series or {}).get("cosine") or [] if v is not None]
+            mag = [v for v in (series or {}).get("magnitude_similarity") or [] if v is not None]
+            conflict_rows.append({**key, "pair": pair,
+                                  "conflict_fraction": fractions.get(pair, math.nan),
+                                  "mean_cosine": float(np.mean(cos)) if cos else math.nan,
+                                  "mean_magnitude_similarity":
+                                      float(np.mean(mag)) if mag else math.nan})
+            for i, c in enumerate((series or {}).get("cosine") or []):
+                step = steps[i] if i < len(steps) else i
+                cosine_rows.append({**key, "pair": pair, "step": step, "cosine": c})
+        for pair, frac in fractions.items():
+            if pair not in (conflict.get("pairs") or {}):
+                conflict_rows.append({**key, "pair": pair, "conflict_fraction": frac,
+                                      "mean_cosine": math.nan,
+                                      "mean_magnitude_similarity": math.nan})
+        matrix = (probes.get("affinity") or {}).get("matrix") or {}
+        for ti, row in matrix.items():
+            for tj, v in (row or {}).items():
+                affinity_rows.append({**key, "task_i": ti, "task_j": tj, "affinity": v})
+        util = (rec.get("architecture_stats") or {}).get("expert_utilisation") or {}
+        for task, ws in util.items():
+            for e, w in enumerate(ws or []):
+                expert_rows.append({**key, "task": task, "expert": e, "weight": w})
+    if not (conflict_rows or affinity_rows or expert_rows):
+        sec.blocks.append(Block("note", text=(
+            "No probes (gradient conflict, task affinity) and no expert utilisation in the "
+            "records of this run.")))
+        return
+    if conflict_rows:
+        cf = pd.DataFrame(conflict_rows)
+        agg = cf.groupby(["dataset", "strategy", "pair"], sort=True).agg(
+            conflict_fraction=("conflict_fraction", "mean"),
+            mean_cosine=("mean_cosine", "mean"),
+            mean_magnitude_similarity=("mean_magnitude_similarity", "mean"),
+            n_seeds=("seed", "nunique")).reset_index()
+        sec.blocks.append(Block("heading", text="Gradient conflict"))
+        sec.blocks.append(Block("para", text=(
+            "Pairwise cosine of the task gradients on the shared parameters at probed steps; "
+            "conflict fraction = share of probed steps with negative cosine. Means over "
+            "seeds.")))
+        doc.table(sec, "conflict", agg.round(4), "Gradient conflict per task pair")
+        cos = pd.DataFrame(cosine_rows)
+        for dataset, group in agg.groupby("dataset", sort=True):
+            ds = str(dataset)
+            mats = {s: _pair_matrix(g, "conflict_fraction") for s, g in
+                    group.groupby("strategy", sort=True)}
+            doc.figure(sec, f"conflict-{slug(ds)}",
+                       plots.conflict_heatmaps(mats, f"{ds}: gradient conflict fraction"),
+                       f"{ds}: fraction of probed steps with conflicting task gradients.")
+            if not cos.empty:
+                doc.figure(sec, f"cosine-{slug(ds)}", plots.cosine_over_steps(
+                    cos[cos["dataset"] == dataset], f"{ds}: gradient cosine over training"),
+                    f"{ds}: cosine of each task pair's gradients over training steps.")
+    if affinity_rows:
+        af = pd.DataFrame(affinity_rows)
+        agg = af.groupby(["dataset", "strategy", "task_i", "task_j"], sort=True).agg(
+            affinity=("affinity", "mean"), n_seeds=("seed", "nunique")).reset_index()
+        sec.blocks.append(Block("heading", text="Task affinity"))
+        sec.blocks.append(Block("para", text=(
+            "Lookahead inter-task affinity (Fifty et al. 2021): effect of a step on task i's "
+            "loss on task j's loss (positive: the step helps task j). Means over seeds.")))
+        doc.table(sec, "affinity", agg.round(4), "Task affinity (row task i -> task j)")
+        for dataset, group in agg.groupby("dataset", sort=True):
+            ds = str(dataset)
+            mats = {s: g.pivot_table(index="task_i", columns="task_j", values="affinity")
+                    for s, g in group.groupby("strategy", sort=True)}
+            doc.figure(sec, f"affinity-{slug(ds)}",
+                       plots.affinity_heatmaps(mats, f"{ds}: task affinity"),
+                       f"{ds}: lookahead affinity, stepping task i (rows) on task j "
+                       "(columns).")
+    if expert_rows:
+        ex = pd.DataFrame(expert_rows)
+        agg = ex.groupby(["dataset", "strategy", "task", "expert"], sort=True).agg(
+            weight=("weight", "mean"), n_seeds=("seed", "nunique")).reset_index()
+        sec.blocks.append(Block("heading", text="Expert utilisation"))
+        sec.blocks.append(Block("para", text=(
+            "Mean gate weight each task's gate gives each expert (gated architectures), mean "
+            "over seeds.")))
+        wide = agg.pivot_table(index=["dataset", "strategy", "task"], columns="expert",
+                               values="weight").round(4)
+        wide.columns = [f"expert {c}" for c in wide.columns]
+        doc.table(sec, "expert-utilisation", wide.reset_index(), "Expert utilisation")
+        for dataset, group in agg.groupby("dataset", sort=True):
+            ds = str(dataset)
+            mats = {s: g.pivot_table(index="task", columns="expert", values="weight")
+                    for s, g in group.groupby("strategy", sort=True)}
+            doc.figure(sec, f"experts-{slug(ds)}",
+                       plots.expert_utilisation(mats, f"{ds}: expert utilisation"),
+                       f"{ds}: mean gate weight per task (rows) and expert (columns).")
+
+
+def _pair_matrix(group: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Symmetric task x task matrix from ``ti|tj`` pair keys."""
+    entries: dict[tuple[str, str], float] = {}
+    tasks: list[str] = []
+    for pair, v in zip(group["pair"], group[value], strict=True):
+        a, _, b = str(pair).partition("|")
+        b = b or a
+        entries[(a, b)] = entries[(b, a)] = v
+        tasks += [t for t in (a, b) if t not in tasks]
+    m = pd.DataFrame(np.nan, index=tasks, columns=tasks)
+    for (a, b), v in entries.items():
+        m.loc[a, b] = v
+    return m
+
+
+def _cost(doc: _Doc, tidy: pd.DataFrame, cells: pd.DataFrame, trials: pd.DataFrame,
+          speed: pd.DataFrame) -> None:
+    from bench import plots
+
+    sec = doc.section("Cost")
+    memory = None
+    if not speed.empty and "peak_memory_bytes" in speed:
+        memory = speed.rename(columns={"strategy": "weighting"})[
+            ["sharing", "weighting", "peak_memory_bytes"]].dropna()
+    cq = analysis.cost_quality(cells, analysis.trial_costs(tidy), memory)
+    if not cq.empty:
+        sec.blocks.append(Block("para", text=(
+            "Quality (Δm task, mean over seeds) against cost (median time per training step "
+            "over seeds" + (", and peak memory from the speed records" if memory is not None
+                            and cq["peak_memory_bytes"].notna().any() else "")
+            + "). Non-dominated: no other strategy of the same dataset is at least as good on "
+            "every axis and better on one.")))
+        doc.figure(sec, "cost-quality", plots.cost_quality(cq),
+                   "Δm task against cost; filled markers are non-dominated.")
+        disp = pd.DataFrame({
+            "dataset": cq["dataset"], "strategy": cq["strategy"],
+            "Δm task ↑ (%)": [_ci(m, lo, hi) for m, lo, hi in zip(
+                cq["delta_m_task"], cq["delta_m_task_low"], cq["delta_m_task_high"],
+                strict=True)],
+            "step (ms)": (cq["step_s"] * 1e3).round(3),
+            "peak memory (MiB)": (cq["peak_memory_bytes"] / 2**20).round(1),
+            "non-dominated": cq["non_dominated"].map({True: "yes", False: "no"}),
+        })
+        if cq["peak_memory_bytes"].isna().all():
+            disp = disp.drop(columns=["peak memory (MiB)"])
+        doc.table(sec, "cost-quality", disp, "Cost and quality", cq)
+    mtl = trials[trials["baseline_task"].isna() & (trials["status"] == "ok")] if not (
+        trials.empty) else trials
+    doc.figure(sec, "throughput", plots.throughput(mtl),
+               "Training throughput of each strategy in its trials (median over seeds).")
+    if speed.empty:
+        sec.blocks.append(Block("note", text="No speed records (speed/*.json) in this run."))
+        return
+    sec.blocks.append(Block("heading", text="Speed benchmark"))
+    cols = [c for c in ("strategy", "engine", "sharing", "num_tasks", "batch_size", "width",
+                        "device") if c in speed]
+    disp = speed[cols].copy()
+    disp["step (ms), median"] = (speed["step_median_s"] * 1e3).round(3)
+    disp["IQR (ms)"] = (speed["step_iqr_s"] * 1e3).round(3)
+    disp["samples/s"] = speed["samples_per_s"].round(1)
+    disp["peak memory (MiB)"] = (speed["peak_memory_bytes"] / 2**20).round(1)
+    disp["× ew"] = speed["ratio_to_ew"].round(2)
+    doc.table(sec, "speed", disp, "Speed records (median and IQR of step time)", speed)
+    doc.figure(sec, "speed-throughput", plots.speed_throughput(speed),
+               "Samples per second of each strategy [engine] per configuration.")
+    doc.figure(sec, "scaling", plots.scaling_curves(speed),
+               "Step time against number of tasks, batch size and width (the other two held "
+               "at their most common value).")
+
+
+def _environment(doc: _Doc, records: list[dict]) -> None:
+    sec = doc.section("Environment")
+    values: dict[str, Counter] = {}
+    for rec in records:
+        for k, v in (rec.get("env") or {}).items():
+            values.setdefault(str(k), Counter())[json.dumps(v, sort_keys=True)
+                                                 if not isinstance(v, str) else v] += 1
+    if not values:
+        sec.blocks.append(Block("note", text="(no finished trial)"))
+        return
+    rows = [{"key": k, "value": "; ".join(
+        v if len(c) == 1 else f"{v} ({n} trials)" for v, n in c.most_common())}
+        for k, c in sorted(values.items())]
+    doc.table(sec, "environment", pd.DataFrame(rows),
+              "Environment of the trials (values that differ between trials are counted)")
+
+
+def _failed(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None:
+    sec = doc.section("Failed trials")
+    rows = []
+    for rec in records:
+        if rec.get("status") == "ok" or rec.get("id") not in labels.index:
+            continue
+        lab = labels.loc[rec["id"]]
+        err = str(rec.get("error") or "").strip().splitlines()
+        rows.append({"trial_id": rec["id"], "dataset": lab["dataset"],
+                     "sharing": lab["sharing"], "weighting": lab["weighting"],
+                     "seed": lab["seed"], "status": rec.get("status"),
+                     "error": (err[-1] if err else "")[:200]})
+    if not rows:
+        sec.blocks.append(Block("para", text="All trials finished ok."))
+        return
+    doc.table(sec, "failed", pd.DataFrame(rows), "Trials that did not finish ok")
+
+
+def _weights(records: list[dict], labels: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for rec, lab in _mtl_ok(records, labels):
+        for h in rec.get("history") or []:
+            for task, w in (h.get("weights") or {}).items():
+                if w is not None:
+                    rows.append({"dataset": lab["dataset"], "strategy": lab["strategy"],
+                                 "seed": lab["seed"], "epoch": h.get("epoch"), "task": task,
+                                 "weight": float(w)})
+    df = pd.DataFrame(rows, columns=["dataset", "strategy", "seed", "epoch", "task", "weight"])
+    if df.empty:
+        return df
+    spread = df.groupby(["dataset", "strategy"])["weight"].agg(lambda s: s.max() - s.min())
+    varying = spread[spread > 1e-9].index
+    keep = pd.MultiIndex.from_frame(df[["dataset", "strategy"]]).isin(varying)
+    return df[keep].reset_index(drop=True)
+
+
+def _trials(records: list[dict], labels: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for rec in records:
+        if rec.get("id") not in labels.index:
+            continue
+        timing = rec.get("timing") or {}
+        rows.append({"trial_id": rec["id"], **labels.loc[rec["id"]].to_dict(),
+                     "samples_per_s": timing.get("samples_per_s", math.nan),
+                     "step_s": timing.get("step_s", math.nan)})
     return pd.DataFrame(rows)
 
 
-def _environment(run_dir: Path) -> list[str]:
-    trials = sorted((run_dir / "trials").glob("*.json"))
-    for path in trials:
-        env = json.loads(path.read_text("utf-8")).get("env")
-        if env:
-            return [f"- {k}: `{v}`" for k, v in sorted(env.items())]
-    return ["- (no finished trial)"]
+# --------------------------------------------------------------------------- rendering
+
+
+def _markdown(title: str, description: str, sections: list[Section]) -> str:
+    def md_cell(s: str) -> str:
+        return s.replace("|", r"\|").replace("\n", " ")
+
+    lines = [f"# mtlbench report: {title}", ""]
+    if description:
+        lines += [description, ""]
+    for sec in sections:
+        lines += [f"## {sec.title}", ""]
+        for b in sec.blocks:
+            if b.kind == "heading":
+                lines += [f"### {b.text}", ""]
+            elif b.kind in ("para", "note"):
+                lines += [b.text if b.kind == "para" else f"_{b.text}_", ""]
+            elif b.kind == "bullets":
+                lines += [*(f"- {i}" for i in b.items), ""]
+            elif b.kind == "table":
+                from tabulate import tabulate
+
+                rows = [[md_cell(c) for c in r] for r in b.rows]
+                lines += [f"_{b.caption}_ (tables/{b.name}.csv)", "",
+                          tabulate(rows, headers=[md_cell(c) for c in b.columns],
+                                   tablefmt="pipe", disable_numparse=True), ""]
+            elif b.kind == "figure":
+                lines += [f"![{md_cell(b.caption)}](plots/{b.name}.png)", ""]
+    return "\n".join(lines)
+
+
+def _html(title: str, description: str, sections: list[Section]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(title=title, description=description,
+                                                     sections=sections)
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``RUN_DIR/report.md`` and return its path."""
+    """Write ``report.md``, ``report.html``, ``tables/`` and ``plots/`` into ``run_dir``;
+    return the path of ``report.md``."""
     run_dir = Path(run_dir)
     tidy = store.load(run_dir)
     if tidy.empty:
         raise ConfigError(f"{run_dir}: no trial records to report on")
-    summary = trial_summary(tidy)
+    records = _records(run_dir)
+    labels = _labels(tidy)
+    summary = analysis.trial_summary(tidy)
+    cells = analysis.delta_m_intervals(summary)
+    intervals = analysis.task_change_intervals(summary)
+    speed = load_speed(run_dir)
     manifest = store.RunStore(run_dir).manifest() or {}
-    sweep = manifest.get("sweep", {})
-    title = sweep.get("name", run_dir.name)
-    n_trials = tidy["trial_id"].nunique()
-    lines = [
-        f"# mtlbench report: {title}",
-        "",
-        sweep.get("description", "") or "",
-        "",
-        f"{n_trials} trials in `{run_dir}`. Test-split metrics, mean ± std over seeds; "
-        "the checkpoint of each trial was selected on the validation split.",
-        "",
-        "- **Δm task ↑**: task-level mean of relative improvement over the single-task "
-        "baseline with the same seed (higher is better).",
-        "- **Δm metric ↓**: metric-level mean of relative drop over all metrics "
-        "(Nash-MTL / FAMO convention; lower is better).",
-        "- Metric directions: "
-        + ", ".join(f"{m} {'↑' if hi else '↓'}" for m, hi in HIGHER_IS_BETTER.items())
-        + ". **step**: training time per step; **trial**: wall time per trial.",
-        "",
-    ]
-    for dataset, group in tidy.groupby("dataset", sort=True):
-        table = _dataset_table(group, summary[summary["dataset"] == dataset])
-        lines += [f"## {dataset}", ""]
-        lines += [table.to_markdown(index=False) if not table.empty else "(no finished trial)"]
-        lines += [""]
-    failed = tidy[tidy["status"] != "ok"].drop_duplicates("trial_id")
-    if not failed.empty:
-        lines += ["## Failed trials", ""]
-        lines += [
-            failed[["trial_id", "dataset", "sharing", "weighting", "seed", "status"]].to_markdown(
-                index=False
-            ),
-            "",
-        ]
-    lines += ["## Environment", "", *_environment(run_dir), ""]
+    sweep = manifest.get("sweep", {}) or {}
+    title = str(sweep.get("name") or run_dir.name)
+    description = str(sweep.get("description") or "")
+
+    doc = _Doc(run_dir)
+    _overview(doc, run_dir, tidy, labels, sweep)
+    _results(doc, tidy, cells, summary, _weights(records, labels))
+    _rankings(doc, cells)
+    _negative_transfer(doc, intervals)
+    _relationships(doc, records, labels)
+    _cost(doc, tidy, cells, _trials(records, labels), speed)
+    _environment(doc, records)
+    _failed(doc, records, labels)
+
+    store.atomic_write_text(run_dir / "report.html", _html(title, description, doc.sections))
     path = run_dir / "report.md"
-    store.atomic_write_text(path, "\n".join(lines))
+    store.atomic_write_text(path, _markdown(title, description, doc.sections))
     return path

@@ -11,7 +11,16 @@ from bench.registry import Registry
 from bench.tasks import Task
 from strategies.sharing.base import BackboneSpec, SharingArchitecture
 
-__all__ = ["SHARING", "BackboneSpec", "SharingArchitecture", "get", "names"]
+__all__ = [
+    "SHARING",
+    "BackboneSpec",
+    "SharingArchitecture",
+    "count_parameters",
+    "get",
+    "match_params",
+    "names",
+    "reference_parameter_counts",
+]
 
 _NOT_COMPONENTS = ("base", "backbones")
 
@@ -36,3 +45,10 @@ def get(
 
 def names() -> list[str]:
     return SHARING.names()
+
+
+from strategies.sharing._common import (  # noqa: E402 (needs SHARING defined above)
+    count_parameters,
+    match_params,
+    reference_parameter_counts,
+)

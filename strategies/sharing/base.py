@@ -68,6 +68,12 @@ class SharingArchitecture(nn.Module, ABC):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def regularization(self) -> torch.Tensor | None:
+        """A penalty on the parameters added to the training objective outside the
+        weighting strategy (never weighted or projected by it), e.g. soft sharing's
+        L2 distance between task columns; ``None`` when the architecture has none."""
+        return None
+
     def reset_stats(self) -> None:
         """Clear diagnostics before an evaluation pass."""
 

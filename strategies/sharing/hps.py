@@ -2,6 +2,10 @@
 
 Caruana, "Multitask Learning", Machine Learning 28, 1997,
 https://doi.org/10.1023/A:1007379606734.
+
+Parameters: the backbone (MLP or CNN, see ``backbones.py``) is shared; each task's
+tower (``tower`` widths, then the output layer) is task-specific. The representation
+for the ``rep`` engine is the backbone's (flattened) output, which every tower reads.
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ from torch import nn
 
 from bench.tasks import Task
 from strategies.sharing import SHARING
-from strategies.sharing.backbones import flat_dim, mlp
+from strategies.sharing._common import tower
+from strategies.sharing.backbones import backbone as build_backbone
+from strategies.sharing.backbones import output_dim
 from strategies.sharing.base import BackboneSpec, SharingArchitecture
 
 
 @SHARING.register("hps")
 class HardParameterSharing(SharingArchitecture):
-    """Hard parameter sharing: shared MLP backbone, per-task towers; the representation is
-    the backbone's output."""
+    """Hard parameter sharing: one shared backbone and one tower per task.
+
+    The representation (``rep`` engine) is the backbone's output.
+    """
 
     has_representation = True
 
@@ -28,17 +36,14 @@ class HardParameterSharing(SharingArchitecture):
         self, input_shape: Sequence[int], tasks: Sequence[Task], backbone: BackboneSpec
     ) -> None:
         super().__init__(input_shape, tasks, backbone)
-        spec = backbone
-        self.backbone = mlp(flat_dim(input_shape), spec.hidden, dropout=spec.dropout)
-        rep_dim = spec.hidden[-1] if spec.hidden else flat_dim(input_shape)
-        self.towers = nn.ModuleDict(
-            {t.name: mlp(rep_dim, spec.tower, t.output_dim, spec.dropout) for t in tasks}
-        )
+        self.backbone = build_backbone(input_shape, backbone)
+        rep_dim = output_dim(input_shape, backbone)
+        self.towers = nn.ModuleDict({t.name: tower(rep_dim, backbone, t) for t in tasks})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         rep = self.backbone(x)
         self.representation = rep
-        return {name: tower(rep) for name, tower in self.towers.items()}
+        return {name: head(rep) for name, head in self.towers.items()}
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())

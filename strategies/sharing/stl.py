@@ -3,6 +3,9 @@
 The reference every multi-task result is measured against (the single-task
 baselines of e.g. Maninis et al., "Attentive Single-Tasking of Multiple Tasks",
 CVPR 2019, https://arxiv.org/abs/1904.08918, where delta-m was introduced).
+
+Each task gets its own backbone (MLP or CNN, see ``backbones.py``) and tower; all
+parameters are task-specific and there is no shared representation.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from torch import nn
 
 from bench.tasks import Task
 from strategies.sharing import SHARING
-from strategies.sharing.backbones import flat_dim, mlp
+from strategies.sharing._common import tower
+from strategies.sharing.backbones import backbone as build_backbone
+from strategies.sharing.backbones import output_dim
 from strategies.sharing.base import BackboneSpec, SharingArchitecture
 
 
@@ -26,11 +31,11 @@ class SingleTask(SharingArchitecture):
         self, input_shape: Sequence[int], tasks: Sequence[Task], backbone: BackboneSpec
     ) -> None:
         super().__init__(input_shape, tasks, backbone)
-        spec = backbone
+        rep_dim = output_dim(input_shape, backbone)
         self.nets = nn.ModuleDict(
             {
-                t.name: mlp(flat_dim(input_shape), spec.hidden + spec.tower, t.output_dim,
-                            spec.dropout)
+                t.name: nn.Sequential(build_backbone(input_shape, backbone),
+                                      tower(rep_dim, backbone, t))
                 for t in tasks
             }
         )
