@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell printf '%s' '$(TORCH_SPEC)' | md5sum | cut -c1-10)
 RUN ?= results/default
 
-.PHONY: install bench quick test lint clean
+.PHONY: install system-deps bench quick test lint clean
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ quick: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Chromium renders the HTML report in the browser test (Debian package; needs root).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Chromium (Debian: apt-get install chromium) for the browser test"; fi; }
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -65,27 +65,41 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from strategies.weighting import WEIGHTING
 
     if args.kind == "presets":
-        names = preset_names()
-        rows = [[n, ""] for n in names]
-        registry = None
-    else:
-        registry = {"weighting": WEIGHTING, "sharing": SHARING, "datasets": DATASETS}[args.kind]
-        names = registry.names()
+        print("\n".join(preset_names()))
+        return 0
+    registry = {"weighting": WEIGHTING, "sharing": SHARING, "datasets": DATASETS}[args.kind]
+    names = registry.names()
     if args.names:
         print("\n".join(names))
         return 0
-    if registry is not None:
-        rows = [
-            [
-                n,
-                registry.summary(n),
-                ", ".join(f"{h.name}={h.default!r}" for h in registry.hyperparameters(n)) or "—",
-            ]
-            for n in names
+    headers = ["name", "description", "hyperparameters (defaults)"]
+    extra: dict[str, str] = {}
+    if args.kind == "sharing":
+        from strategies.sharing import reference_parameter_counts
+
+        counts = reference_parameter_counts()
+        extra = {n: f"{counts[n]:,}" if n in counts else "—" for n in names}
+        headers.append("parameters (reference)")
+    elif args.kind == "datasets":
+        from bench.data.common import availability
+
+        status = availability()
+        extra = {n: "installed" if status.get(n) is None else f"missing: {status[n]}"
+                 for n in names}
+        headers.append("status")
+    rows = [
+        [
+            n,
+            registry.summary(n),
+            ", ".join(f"{h.name}={h.default!r}" for h in registry.hyperparameters(n)) or "—",
+            *([extra[n]] if extra else []),
         ]
-        print(tabulate(rows, headers=["name", "description", "hyperparameters (defaults)"]))
-    else:
-        print("\n".join(names))
+        for n in names
+    ]
+    print(tabulate(rows, headers=headers, maxcolwidths=[None, 60, 60, None]))
+    if args.kind == "sharing":
+        print("\nreference: 2 regression tasks, input (100,), MLP hidden (64, 64); "
+              "mtan: input (1, 8, 12), CNN channels (16, 32)")
     return 0
 
 

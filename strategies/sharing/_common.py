@@ -225,13 +225,16 @@ def reference_parameter_counts() -> dict[str, int]:
     """{architecture: parameter count} at its default hyperparameters, for 2 regression
     tasks: input (100,) with the MLP backbone hidden (64, 64) (:data:`REFERENCE_MLP`), or,
     for architectures that refuse the MLP backbone (``mtan``), input (1, 8, 12) with the
-    CNN backbone channels (16, 32) and hidden (64, 64) (:data:`REFERENCE_CNN`)."""
+    CNN backbone channels (16, 32) and hidden (64, 64) (:data:`REFERENCE_CNN`);
+    architectures defined on neither (``landscape``) are left out."""
     from strategies import sharing
 
     counts: dict[str, int] = {}
     for name in sharing.names():
-        try:
-            counts[name] = count_parameters(name, **REFERENCE_MLP)
-        except ValueError:
-            counts[name] = count_parameters(name, **REFERENCE_CNN)
+        for reference in (REFERENCE_MLP, REFERENCE_CNN):
+            try:
+                counts[name] = count_parameters(name, **reference)
+                break
+            except ValueError:  # not defined for this reference (e.g. mtan, landscape)
+                continue
     return counts
