@@ -555,3 +555,40 @@ def expert_utilisation(matrices: dict[str, pd.DataFrame], title: str) -> Figure 
             ax.set_title(_short(name))
         fig.suptitle(_t(title), fontsize=9)
     return fig
+
+
+# --------------------------------------------------------------------------- toy landscape
+
+
+def toy_trajectories(
+    trajectories: pd.DataFrame, grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+    pareto: np.ndarray, title: str,
+) -> Figure | None:
+    """One panel per method: the contours of the average loss, the (numerical) Pareto set
+    and the trajectory from every starting point (start: circle, end: cross).
+
+    ``trajectories`` has columns method, start, step, x1, x2."""
+    if trajectories.empty:
+        return None
+    methods = list(dict.fromkeys(trajectories["method"]))
+    xs, ys, zs = grid
+    fig, axes = _grid(len(methods), 4, 2.6, 2.6, wspace=0.7, hspace=0.6)
+    starts = sorted(trajectories["start"].unique())
+    colors = dict(zip(starts, _palette(len(starts)), strict=True))
+    with theme():
+        for ax, method in zip(axes, methods, strict=True):
+            ax.contourf(xs, ys, zs, levels=30, cmap="Greys", alpha=0.55)
+            ax.scatter(pareto[:, 0], pareto[:, 1], s=1, color="tab:gray", alpha=0.6)
+            for start, path in trajectories[trajectories["method"] == method].groupby("start"):
+                path = path.sort_values("step")
+                ax.plot(path["x1"], path["x2"], color=colors[start], lw=1.2)
+                ax.scatter(path["x1"].iloc[:1], path["x2"].iloc[:1], color=colors[start], s=14)
+                ax.scatter(path["x1"].iloc[-1:], path["x2"].iloc[-1:], color=colors[start],
+                           marker="x", s=22)
+            ax.set_title(_short(method, 24))
+            ax.set_xlim(xs.min(), xs.max())
+            ax.set_ylim(ys.min(), ys.max())
+            ax.set_xlabel("x1")
+            ax.set_ylabel("x2")
+        fig.suptitle(_t(title), fontsize=9)
+    return fig

@@ -623,6 +623,70 @@ def _cost(doc: _Doc, tidy: pd.DataFrame, cells: pd.DataFrame, trials: pd.DataFra
                "at their most common value).")
 
 
+def _toy_landscape(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None:
+    """Trajectories recorded by the ``landscape`` architecture on ``toy2`` trials."""
+    import numpy as np
+    import torch
+
+    from bench import plots
+    from bench.data.toy2 import STARTS, toy_losses
+
+    rows, finals = [], []
+    scale = 1.0
+    for rec in records:
+        traj = (rec.get("architecture_stats") or {}).get("trajectory")
+        if rec.get("status") != "ok" or not traj or rec["spec"]["dataset"]["name"] != "toy2":
+            continue
+        params = rec["spec"]["dataset"]["params"]
+        scale = params.get("scale", 1.0)
+        method = labels.loc[rec["id"], "weighting"] if rec["id"] in labels.index else (
+            rec["spec"]["weighting"]["name"])
+        start = STARTS[params.get("start", 0)]
+        every = rec["architecture_stats"].get("trajectory_every", 1)
+        for i, (x1, x2) in enumerate(traj):
+            rows.append({"method": method, "start": str(start), "step": i * every,
+                         "x1": x1, "x2": x2})
+        f1, f2 = (rec["metrics"]["test"][t]["value"] for t in ("f1", "f2"))
+        finals.append({"method": method, "start": str(start), "x1": traj[-1][0],
+                       "x2": traj[-1][1], "f1": f1, "f2": f2})
+    if not rows:
+        return
+    sec = doc.section("Toy landscape")
+    axis = np.linspace(-10, 10, 300)
+    xs, ys = np.meshgrid(axis, axis)
+    values = toy_losses(torch.tensor(np.stack([xs, ys], -1), dtype=torch.float64), scale).numpy()
+    zs = values.mean(-1)
+    flat = values.reshape(-1, 2)
+    # Numerical Pareto set: grid points no other grid point dominates.
+    order = np.lexsort((flat[:, 1], flat[:, 0]))
+    best_f2, keep = np.inf, []
+    for idx in order:
+        if flat[idx, 1] < best_f2:
+            best_f2 = flat[idx, 1]
+            keep.append(idx)
+    pareto_values = flat[keep]
+    pareto_points = np.stack([xs.reshape(-1)[keep], ys.reshape(-1)[keep]], -1)
+    doc.figure(sec, "toy-trajectories", plots.toy_trajectories(
+        pd.DataFrame(rows), (xs, ys, zs), pareto_points,
+        "Trajectories over the average loss (gray dots: Pareto set)"),
+        "Each method from every starting point (circle) to where it ends (cross), over the "
+        "contours of (f1 + f2) / 2; the Pareto set is computed on a 300 x 300 grid.")
+    final = pd.DataFrame(finals)
+    tol = 1e-2 * (np.ptp(pareto_values, axis=0).max() or 1.0)
+
+    def on_front(row: pd.Series) -> bool:
+        better_f1 = pareto_values[:, 0] < row["f1"] - tol
+        better_f2 = pareto_values[:, 1] < row["f2"] - tol
+        return not (better_f1 & better_f2).any()
+
+    final["on Pareto set"] = final.apply(on_front, axis=1).map({True: "yes", False: "no"})
+    final["average loss"] = (final["f1"] + final["f2"]) / 2
+    display = final[["method", "start", "x1", "x2", "f1", "f2", "average loss", "on Pareto set"]]
+    doc.table(sec, "toy-endpoints", display.round(3),
+              "Where each method ends: a point is off the Pareto set when some grid point "
+              "is better on both objectives by more than 1% of the front's range.")
+
+
 def _environment(doc: _Doc, records: list[dict]) -> None:
     sec = doc.section("Environment")
     values: dict[str, Counter] = {}
@@ -753,6 +817,7 @@ def write_report(run_dir: str | Path) -> Path:
     _rankings(doc, cells)
     _negative_transfer(doc, intervals)
     _relationships(doc, records, labels)
+    _toy_landscape(doc, records, labels)
     _cost(doc, tidy, cells, _trials(records, labels), speed)
     _environment(doc, records)
     _failed(doc, records, labels)

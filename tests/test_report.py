@@ -394,3 +394,24 @@ def test_compare_reports_sweep_differences_and_bad_input(tmp_path):
         _compare(str(a), str(tmp_path / "missing"))
     with pytest.raises(ConfigError):
         compare.compare_runs(a, b, alpha=2.0)
+
+
+def test_toy_landscape_section_draws_trajectories_and_endpoints(tmp_path, write_spec):
+    from bench.cli import main
+
+    spec = write_spec(
+        'name = "toyrep"\n'
+        'datasets = [{ name = "toy2", start = 0, steps_per_epoch = 60 }]\n'
+        'sharing = [{ name = "landscape", record_every = 20 }]\n'
+        'weighting = ["ew", "mgda"]\n'
+        "[train]\nepochs = 2\nbatch_size = 1\nlr = 0.01\n"
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(out), "--executor", "inline",
+                 "--no-progress"]) == 0
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## Toy landscape" in text and "on Pareto set" in text
+    assert (out / "plots" / "toy-trajectories.png").stat().st_size > 1000
+    table = (out / "tables" / "toy-endpoints.csv").read_text().splitlines()
+    assert len(table) == 3  # header + ew + mgda

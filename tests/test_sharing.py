@@ -34,7 +34,7 @@ IMAGE_SHAPE = (1, 6, 8)
 MLP = BackboneSpec(hidden=(8, 8), tower=(4,))
 CNN = BackboneSpec(hidden=(8,), tower=(4,), kind="cnn", channels=(3, 4))
 CNN_ONLY = {"mtan"}
-GATED = {"mmoe", "cgc", "ple", "dselect_k"}
+GATED = {"mmoe", "omoe", "cgc", "ple", "dselect_k"}
 # `landscape` moves a point on objective tasks (toy2), not data: tests/test_capacity_and_toy.py.
 ARCHS = [n for n in sharing.names() if n != "landscape"]
 
