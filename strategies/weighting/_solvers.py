@@ -1,0 +1,224 @@
+"""Small exact solvers on the (T, T) Gramian, shared by the Gramian-based strategies.
+
+Not a component (the leading underscore keeps it out of the registry). Everything here
+works on float64 NumPy arrays on the host: the problems are T x T with T the number of
+tasks (a handful to a few dozen), their algorithms branch on the values (active sets,
+root brackets), and a float64 host solve is both more exact and faster than hundreds of
+tiny kernel launches. Strategies call :func:`gramian_to_host` once per step, which is
+the one device -> host transfer (a synchronisation on an accelerator) of that step, and
+the place where non-finite values are caught.
+
+Solvers:
+
+- :func:`nonneg_qp`: min 1/2 x^T Q x + c^T x subject to x >= 0, by the Lawson-Hanson
+  active-set method written on Q and c (Bro & De Jong, "A fast non-negativity-constrained
+  least squares algorithm", J. Chemometrics 1997). Finite: it ends with x optimal on its
+  support (a linear solve) and the KKT residual -(Q x + c) <= tol off the support.
+- :func:`min_norm_weights`: the min-norm point of the convex hull (MGDA), exactly, as
+  one :func:`nonneg_qp` (a non-negative least-squares reformulation, see there).
+- :func:`dual_cone_weights`: projections onto the dual cone of the task gradients
+  (UPGrad, DualProj), one :func:`nonneg_qp` per projected vector.
+- :func:`psd_pinv`: pseudo-inverse of a PSD matrix by its eigendecomposition.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from strategies.weighting.base import GramianWeighting
+
+__all__ = [
+    "HostGramianWeighting",
+    "dual_cone_weights",
+    "gramian_to_host",
+    "min_norm_weights",
+    "nonneg_qp",
+    "psd_pinv",
+    "weights_to_device",
+]
+
+NON_FINITE_MESSAGE = (
+    "the task Jacobian contains NaN or Inf (or its Gramian J J^T overflowed); "
+    "check the losses and the learning rate"
+)
+
+
+def gramian_to_host(gramian: torch.Tensor) -> np.ndarray:
+    """The (T, T) Gramian as a symmetric float64 host array; raises on NaN/Inf.
+
+    This is the one device -> host transfer (a synchronisation on an accelerator) per
+    step of every strategy that solves on the host.
+    """
+    host = gramian.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(host).all():
+        raise FloatingPointError(NON_FINITE_MESSAGE)
+    return 0.5 * (host + host.T)
+
+
+def weights_to_device(weights: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """(T,) host weights as a tensor on ``like``'s device, in at least float32."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    return torch.as_tensor(np.ascontiguousarray(weights), dtype=dtype).to(like.device)
+
+
+class HostGramianWeighting(GramianWeighting):
+    """A Gramian strategy whose ``aggregate`` forms J J^T in at least float32.
+
+    (bfloat16 / float16 Gramians lose most of their digits; the direction itself is
+    accumulated in J's dtype, as everywhere else.)
+    """
+
+    def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+        rows = jacobian.to(torch.promote_types(jacobian.dtype, torch.float32))
+        weights = self.weights(rows @ rows.T, losses)
+        self.last_weights = weights.detach()
+        return weights.to(jacobian.dtype) @ jacobian
+
+
+def _solve_sym(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve a small symmetric system; least squares when it is (numerically) singular."""
+    try:
+        solution = np.linalg.solve(matrix, rhs)
+        if np.isfinite(solution).all():
+            return solution
+    except np.linalg.LinAlgError:
+        pass
+    return np.linalg.lstsq(matrix, rhs, rcond=None)[0]
+
+
+def nonneg_qp(
+    quad: np.ndarray,
+    lin: np.ndarray,
+    *,
+    tol: float | None = None,
+    max_iter: int | None = None,
+) -> np.ndarray:
+    """argmin_{x >= 0} 1/2 x^T Q x + c^T x for a PSD ``quad`` Q, by Lawson-Hanson.
+
+    The dual variable w = -(Q x + c) is the negative gradient. Starting from x = 0, the
+    coordinate with the largest w joins the support P; x_P solves the unconstrained
+    problem on P (Q_PP x_P = -c_P), stepping back to the boundary and dropping
+    coordinates that would turn negative. It stops when w_j <= ``tol`` for every j off
+    the support, which with x_P solved exactly is the KKT certificate of optimality.
+    The default ``tol`` is 1e-13 times the scale max(|Q|, |c|), i.e. the answer is exact
+    up to rounding. Lawson & Hanson's bound of 3T outer iterations is rarely reached;
+    ``max_iter`` (default 10 T + 50 linear solves) only guards against cycling caused by
+    rounding, in which case the last feasible iterate is returned.
+
+    With Q = A^T A and c = -A^T b this is non-negative least squares min ||A x - b||; Q
+    only needs to be PSD and bounded below on the orthant (e.g. Q positive definite).
+    """
+    num = lin.shape[0]
+    if tol is None:
+        scale = max(float(np.abs(quad).max(initial=0.0)), float(np.abs(lin).max(initial=0.0)))
+        tol = 1e-13 * scale
+    if max_iter is None:
+        max_iter = 10 * num + 50
+    x = np.zeros(num)
+    passive = np.zeros(num, dtype=bool)
+    blocked = np.zeros(num, dtype=bool)  # would enter with a non-positive value (rounding)
+    dual = -np.asarray(lin, dtype=np.float64)
+    solves = 0
+    while solves < max_iter:
+        candidates = ~passive & ~blocked & (dual > tol)
+        if not candidates.any():
+            break
+        enter = int(np.argmax(np.where(candidates, dual, -np.inf)))
+        passive[enter] = True
+        first = True
+        while True:
+            solves += 1
+            idx = np.flatnonzero(passive)
+            trial = np.zeros(num)
+            if idx.size == 0:  # cannot happen in exact arithmetic; x = 0 is feasible
+                break
+            trial[idx] = _solve_sym(quad[np.ix_(idx, idx)], -lin[idx])
+            if (trial[idx] > 0.0).all():
+                break
+            if first and trial[enter] <= 0.0:
+                # In exact arithmetic a coordinate entering with w_j > 0 comes out
+                # positive (Lawson & Hanson); when rounding says otherwise, leave it out.
+                passive[enter] = False
+                blocked[enter] = True
+                trial = None
+                break
+            first = False
+            # Step from x towards the trial point until the first coordinate hits zero,
+            # and drop the coordinates that did.
+            shrinking = passive & (trial <= 0.0)
+            ratios = x[shrinking] / (x[shrinking] - trial[shrinking])
+            hit = np.flatnonzero(shrinking)[int(np.argmin(ratios))]
+            x = x + float(ratios.min()) * (trial - x)
+            x[hit] = 0.0
+            passive &= x > 0.0
+            x[~passive] = 0.0
+            if solves >= max_iter:
+                trial = x
+                break
+        if trial is None:
+            continue
+        x = trial
+        dual = -(quad @ x + lin)
+        blocked[:] = False
+    return np.maximum(x, 0.0)
+
+
+def min_norm_weights(gramian: np.ndarray) -> np.ndarray:
+    """Exact simplex weights alpha of the min-norm point of the convex hull of the gradients.
+
+    argmin_{alpha in simplex} alpha^T G alpha is one non-negative least-squares problem:
+    with A = [J^T; 1^T] and b = (0, 1), min_{x >= 0} ||A x - b||^2 = ||J^T x||^2 +
+    (1^T x - 1)^2. Writing x = s alpha with alpha in the simplex, the first term is
+    s^2 ||J^T alpha||^2, minimised over alpha by the min-norm weights whatever s > 0, so
+    the solution is x* = alpha* / (1 + ||d*||^2) and alpha* = x* / 1^T x*. In Gramian form
+    Q = A^T A = G + 1 1^T and c = -A^T b = -1 (G first scaled to unit max diagonal, which
+    leaves alpha unchanged).
+    """
+    num = gramian.shape[0]
+    scale = float(gramian.diagonal().max(initial=0.0))
+    if num == 1 or scale <= 0.0:  # a single task, or only zero gradients: any alpha is optimal
+        return np.full(num, 1.0 / num)
+    quad = gramian / scale + 1.0
+    x = nonneg_qp(quad, -np.ones(num))
+    return x / x.sum()
+
+
+def normalize_gramian(gramian: np.ndarray, norm_eps: float) -> np.ndarray:
+    """G / trace(G), the Gramian of J / ||J||_F; zeros when trace(G) = ||J||_F^2 < norm_eps
+    (torchjd's ``normalize``)."""
+    trace = float(gramian.trace())
+    if trace < norm_eps or trace <= 0.0:
+        return np.zeros_like(gramian)
+    return gramian / trace
+
+
+def dual_cone_weights(
+    gramian: np.ndarray, prefs: np.ndarray, norm_eps: float, reg_eps: float
+) -> np.ndarray:
+    """Weights of the projections of J^T u onto the dual cone {d : J d >= 0}, for each row u.
+
+    By Proposition 1 of Quinton & Rey (https://arxiv.org/abs/2406.16232) the projection
+    of J^T u is J^T v with v = argmin_{v >= u} v^T G v. As in torchjd, G is first divided
+    by its trace (``norm_eps`` guards the division) and ``reg_eps`` I is added so that the
+    QP is strictly convex. With v = u + x the problem is
+    min_{x >= 0} 1/2 x^T G x + (G u)^T x, solved exactly by :func:`nonneg_qp`.
+    ``prefs`` is (K, T); returns the (K, T) weights v.
+    """
+    num = gramian.shape[0]
+    reg = normalize_gramian(gramian, norm_eps) + reg_eps * np.eye(num)
+    out = np.empty_like(prefs, dtype=np.float64)
+    for k, u in enumerate(prefs):
+        out[k] = u + nonneg_qp(reg, reg @ u)
+    return out
+
+
+def psd_pinv(gramian: np.ndarray, rtol: float) -> np.ndarray:
+    """Moore-Penrose pseudo-inverse of a PSD matrix: eigenvalues <= rtol * max count as 0."""
+    eigvals, eigvecs = np.linalg.eigh(gramian)
+    cutoff = rtol * max(float(eigvals.max(initial=0.0)), 0.0)
+    keep = eigvals > cutoff
+    if not keep.any():
+        return np.zeros_like(gramian)
+    vecs = eigvecs[:, keep]
+    return (vecs / eigvals[keep]) @ vecs.T

@@ -1,0 +1,84 @@
+"""ConFIG: the conflict-free direction with equal cosine to every task gradient.
+
+Liu, Chu & Thuerey, "ConFIG: Towards Conflict-free Training of Physics Informed Neural
+Networks", 2024, https://arxiv.org/abs/2408.11104 (Section 3, Equation 2).
+
+With unit gradients u_t = g_t / ||g_t|| stacked as the rows of U,
+
+    g_u = U^+ p / ||U^+ p||,        d = (sum_t g_t . g_u) g_u,
+
+where U^+ is the pseudo-inverse and p = ``pref_vector`` (default all ones): g_u solves
+U g = p, so every task sees the same cosine with it (u_t . g_u = 1 / ||U^+ p|| > 0 for
+p = 1 when the gradients are linearly independent): no conflict. Its length is the sum of
+the projections of the gradients on it (torchjd's and the official code's convention).
+
+On the Gramian: with D = diag(||g_t||) and the unit Gramian D^-1 G D^-1,
+U^+ p = J^T w0 with w0 = D^-1 (D^-1 G D^-1)^+ p, hence ||U^+ p||^2 = w0^T G w0 and
+
+    weights = (1^T G w0 / w0^T G w0) w0,        d = weights^T J.
+
+Zero gradients get zero unit vectors (as torchjd's ``nan_to_num``). The pseudo-inverse
+treats eigenvalues of the unit Gramian below T * eps * lambda_max as zero (torchjd takes
+the pseudo-inverse of the (T, P) matrix U itself; the Gramian route loses half the digits
+for nearly dependent gradients: singular values below ~1e-7 of the largest count as 0 in
+float64).
+
+Scale: d(c J) = c d(J) for c > 0; T = 1 gives g_1. Permutation-invariant. One host
+transfer of the T x T Gramian per step (the eigendecomposition); NaN/Inf raise
+``FloatingPointError``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from strategies.weighting import WEIGHTING
+from strategies.weighting._solvers import (
+    HostGramianWeighting,
+    gramian_to_host,
+    psd_pinv,
+    weights_to_device,
+)
+
+
+def config_weights(gramian: np.ndarray, prefs: np.ndarray, eps: float) -> np.ndarray:
+    """ConFIG's weights on the rows of J from their Gramian (zeros when U^+ p = 0)."""
+    num = gramian.shape[0]
+    norms = np.sqrt(np.clip(gramian.diagonal(), 0.0, None))
+    nonzero = norms > 0.0
+    safe = np.where(nonzero, norms, 1.0)
+    unit = gramian / np.outer(safe, safe)
+    unit[~nonzero, :] = 0.0
+    unit[:, ~nonzero] = 0.0
+    w0 = (psd_pinv(unit, num * eps) @ prefs) / safe
+    w0[~nonzero] = 0.0
+    sq_norm = float(w0 @ gramian @ w0)  # ||U^+ p||^2
+    if not sq_norm > 0.0:
+        return np.zeros(num)
+    length_times_norm = float(np.ones(num) @ gramian @ w0)  # sum_t g_t . U^+ p
+    return (length_times_norm / sq_norm) * w0
+
+
+@WEIGHTING.register("config")
+class ConFIG(HostGramianWeighting):
+    """ConFIG: equal-cosine conflict-free direction, as long as the summed projections.
+
+    ``pref_vector``: the target cosines' ratios (default all ones).
+    """
+
+    def __init__(self, *, pref_vector: list[float] | None = None) -> None:
+        super().__init__()
+        self.pref_vector = pref_vector
+
+    def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+        eps = torch.finfo(gramian.dtype).eps
+        host = gramian_to_host(gramian)  # the step's one host sync (eigendecomposition)
+        num = host.shape[0]
+        if self.pref_vector is None:
+            prefs = np.ones(num)
+        elif len(self.pref_vector) != num:
+            raise ValueError(f"pref_vector has {len(self.pref_vector)} entries for {num} tasks")
+        else:
+            prefs = np.asarray(self.pref_vector, dtype=np.float64)
+        return weights_to_device(config_weights(host, prefs, eps), gramian)

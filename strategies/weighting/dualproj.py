@@ -1,0 +1,66 @@
+"""DualProj: the mean task gradient, projected onto the dual cone of the task gradients.
+
+Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024,
+https://arxiv.org/abs/2406.16232 (the DualProj aggregator of Section 3 / Appendix; the
+projection is Equation 11 of GEM, Lopez-Paz & Ranzato, NeurIPS 2017,
+https://arxiv.org/abs/1706.08840).
+
+With pi_J the Euclidean projection onto the dual cone {d : J d >= 0},
+
+    d = pi_J(J^T p),        p = ``pref_vector`` (default 1/T: the mean gradient),
+
+so g_t . d >= 0 for every task t. By Proposition 1 of the paper d = J^T v with
+v = argmin_{v >= p} v^T G v on the Gramian G = J J^T: a ``GramianWeighting``.
+
+Implementation as for UPGrad (see ``strategies.weighting.upgrad``): G / trace(G) with the
+``norm_eps`` guard, plus ``reg_eps`` I, as in torchjd; the QP is solved exactly by the
+Lawson-Hanson active-set method in float64 (KKT residual below 1e-13 relative).
+
+Scale: d(c J) = c d(J) for c > 0 while ||J||_F^2 >= norm_eps. T = 1 gives p_1 g_1. One
+host transfer of the T x T Gramian per step; NaN/Inf raise ``FloatingPointError``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import pydantic
+import torch
+
+from strategies.weighting import WEIGHTING
+from strategies.weighting._solvers import (
+    HostGramianWeighting,
+    dual_cone_weights,
+    gramian_to_host,
+    weights_to_device,
+)
+from strategies.weighting.upgrad import preference
+
+
+@WEIGHTING.register("dualproj")
+class DualProj(HostGramianWeighting):
+    """DualProj: the mean gradient projected onto the dual cone of the task gradients.
+
+    ``pref_vector`` replaces the mean's 1/T weights; ``norm_eps`` and ``reg_eps`` are
+    torchjd's Gramian normalisation guard and ridge.
+    """
+
+    supports_rep: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        pref_vector: list[float] | None = None,
+        norm_eps: Annotated[float, pydantic.Field(ge=0)] = 1e-4,
+        reg_eps: Annotated[float, pydantic.Field(ge=0)] = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.pref_vector = pref_vector
+        self.norm_eps = norm_eps
+        self.reg_eps = reg_eps
+
+    def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+        host = gramian_to_host(gramian)  # the step's one host sync (QP solver)
+        prefs = preference(self.pref_vector, host.shape[0])[None, :]
+        projected = dual_cone_weights(host, prefs, self.norm_eps, self.reg_eps)
+        return weights_to_device(projected[0], gramian)

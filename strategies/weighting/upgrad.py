@@ -1,0 +1,81 @@
+"""UPGrad: the mean of the task gradients, each projected onto the dual cone of all of them.
+
+Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024,
+https://arxiv.org/abs/2406.16232 (Section 3, Definition of A_UPGrad; Proposition 1).
+
+The dual cone of the rows g_1..g_T of J is {d : J d >= 0}: the directions that conflict
+with no task. With pi_J the Euclidean projection onto it,
+
+    d = sum_i p_i pi_J(g_i),        p = ``pref_vector`` (default 1/T: the paper's mean).
+
+Every pi_J(g_i) lies in the cone, hence so does d (for p >= 0): g_t . d >= 0 for all t.
+By Proposition 1 of the paper, pi_J(J^T u) = J^T v with v = argmin_{v >= u} v^T G v on the
+Gramian G = J J^T, so d = (sum_i v^(i))^T J with u = p_i e_i: a ``GramianWeighting``.
+
+Implementation (``strategies.weighting._solvers.dual_cone_weights``): as in torchjd (the
+authors' library), G is first divided by its trace ||J||_F^2 (when that is below
+``norm_eps`` the Gramian is replaced by 0 and d becomes sum_i p_i g_i) and ``reg_eps`` I is
+added (the QP becomes strictly convex; the projection is then onto the dual cone of a
+slightly regularised J, and d may conflict with a task by at most ~reg_eps relative to
+||J||_F^2). Each QP, written v = u + x, min_{x >= 0} 1/2 x^T G x + (G u)^T x, is solved
+exactly by the Lawson-Hanson active-set method in float64: the KKT residual is below
+1e-13 of max(|G|, |G u|), i.e. exact up to rounding (torchjd uses quadprog).
+
+Scale: d(c J) = c d(J) for c > 0 while ||J||_F^2 and c^2 ||J||_F^2 are both >= norm_eps.
+T = 1 gives the task's own gradient times p_1. One host transfer of the T x T Gramian per
+step (a sync on an accelerator); NaN/Inf raise ``FloatingPointError``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import numpy as np
+import pydantic
+import torch
+
+from strategies.weighting import WEIGHTING
+from strategies.weighting._solvers import (
+    HostGramianWeighting,
+    dual_cone_weights,
+    gramian_to_host,
+    weights_to_device,
+)
+
+
+def preference(pref_vector: list[float] | None, num: int) -> np.ndarray:
+    """The (T,) preference weights: ``pref_vector`` or 1/T; a wrong length raises."""
+    if pref_vector is None:
+        return np.full(num, 1.0 / num)
+    if len(pref_vector) != num:
+        raise ValueError(f"pref_vector has {len(pref_vector)} entries for {num} tasks")
+    return np.asarray(pref_vector, dtype=np.float64)
+
+
+@WEIGHTING.register("upgrad")
+class UPGrad(HostGramianWeighting):
+    """UPGrad: average of each task gradient projected onto the dual cone (no conflicts).
+
+    ``pref_vector`` weights the projected gradients (default 1/T); ``norm_eps`` and
+    ``reg_eps`` are torchjd's Gramian normalisation guard and ridge.
+    """
+
+    supports_rep: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        pref_vector: list[float] | None = None,
+        norm_eps: Annotated[float, pydantic.Field(ge=0)] = 1e-4,
+        reg_eps: Annotated[float, pydantic.Field(ge=0)] = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.pref_vector = pref_vector
+        self.norm_eps = norm_eps
+        self.reg_eps = reg_eps
+
+    def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+        host = gramian_to_host(gramian)  # the step's one host sync (QP solver)
+        prefs = np.diag(preference(self.pref_vector, host.shape[0]))
+        projected = dual_cone_weights(host, prefs, self.norm_eps, self.reg_eps)
+        return weights_to_device(projected.sum(axis=0), gramian)
