@@ -148,10 +148,12 @@ def test_cagrad(jac, c):
     assert_same(ours("cagrad", jac, c=c), reference / (1 + c**2), ITERATIVE, 1e-3)
 
 
-@pytest.mark.parametrize("jac", matrices())
+# Matrices with 0 in the convex hull make Nash-MTL's problems infeasible; ECOS (torchjd's
+# oracle) then stops at its iteration limit with inaccurate values: not comparable.
+@pytest.mark.parametrize(
+    "jac", [p for p in matrices() if not zero_in_hull(p.values[0])]
+)
 def test_nash_mtl(jac):
-    if zero_in_hull(jac):
-        pytest.skip("0 in the convex hull: infeasible problems (see the module docstring)")
     num = jac.shape[0]
     for max_norm, steps in [(0.0, 3), (1.0, 1)]:
         strategy = get("nash_mtl", max_norm=max_norm)
