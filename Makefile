@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell printf '%s' '$(TORCH_SPEC)' | md5sum | cut -c1-10)
 RUN ?= results/default
 
-.PHONY: install data system-deps bench quick test lint clean
+.PHONY: install data system-deps bench quick test lint clean perf check check-update speed
 
 install: $(STAMP)
 
@@ -44,6 +44,21 @@ system-deps:
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# pytest-benchmark suite: every strategy's training step, ratios to ew and to torchjd.
+perf: install
+	@mkdir -p results/perf
+	$(PY) -m pytest tests/perf --benchmark-only -q --benchmark-min-rounds=10 --benchmark-json=results/perf/benchmark.json
+
+# Regression gate: a fixed sweep's metrics and speed ratios to ew vs the committed baseline.
+check: install
+	$(PY) -m bench check --baseline results/baselines/check
+
+check-update: install
+	$(PY) -m bench check --update --baseline results/baselines/check
+
+speed: install
+	$(PY) -m bench speed --preset speed --tasks 2,4,8,16,32,64 --out results/speed
 
 clean:
 	rm -rf $(VENV) results/default results/quick

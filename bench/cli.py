@@ -17,7 +17,11 @@ __all__ = ["main"]
 
 EXIT_USAGE = 2
 
-PLUGGED_COMMANDS: dict[str, str] = {"compare": "bench.compare"}
+PLUGGED_COMMANDS: dict[str, str] = {
+    "compare": "bench.compare",
+    "speed": "bench.speed",
+    "check": "bench.check",
+}
 
 
 class _Parser(argparse.ArgumentParser):

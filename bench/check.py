@@ -1,0 +1,612 @@
+"""``mtlbench check``: the regression gate, against a committed baseline.
+
+Two checks, one command (exit 0: pass, 1: a regression, 2: unusable input or
+baseline, as a one-line error):
+
+Accuracy. The fixed sweep of preset ``check`` (``bench/presets/check.toml``,
+``--set`` overrides allowed) is run inline with one CPU thread, which makes it
+deterministic on a given CPU and torch build. Every number of every trial's
+``metrics`` (all splits, tasks, metrics) must match the baseline within
+``|current - baseline| <= rtol * |baseline| + atol`` (defaults ``rtol = 1e-6``,
+``atol = 1e-9``; NaN matches NaN only), and every trial's status must match.
+Trials are named by their components' names, dataset position, seed and task
+(not by their resolved hyperparameters), so a changed default shows up as changed
+metrics. A different CPU or torch build may legitimately change results beyond
+the tolerance (summation order, vector width): the baseline records its machine
+and the check warns when it differs. The preset TOML and the ``--set`` list must
+be those of the baseline (else exit 2: rerun with ``--update``).
+
+Speed. One step cell per strategy of the sweep (its first architecture, T of its
+first dataset, ``train.batch_size``, width ``model.hidden[0]``,
+``train.engine``) plus ``ew``, built once and timed round-robin on one CPU
+thread, with the thread's CPU time (time spent preempted by other processes does
+not count). A repeat sample of a cell is its fastest of ``--steps`` consecutive
+steps; each round gives one sample per strategy, the ratio of its sample to
+``ew``'s in the same round, so the speed of the machine cancels. A strategy
+regressed if both
+
+- its median ratio grew by more than ``--min-effect`` (default 15%) over the
+  baseline's median ratio, and
+- a one-sided Mann-Whitney U test says the current ratio samples are larger than
+  the baseline's, p < ``--alpha`` (default 0.01);
+
+and the same holds again in a confirming rerun of the flagged strategies (fresh
+models, new samples), compared with the baseline again. Only then does the
+check fail.
+
+``--update`` runs the same and writes ``DIR/baseline.json`` atomically.
+
+Test-only fault injection (for the gate's own tests and ``scripts/measure_gate.py``):
+``MTLBENCH_INJECT_SLOWDOWN="pcgrad:0.3"`` (see :mod:`bench.speed`) and
+``MTLBENCH_INJECT_ACCURACY="mgda:1e-3"``, which worsens every metric of that
+strategy's trials by that relative amount (errors and losses times ``1 + x``,
+accuracy and AUC times ``1 - x``), as a stand-in for an accuracy regression of
+known size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+from scipy import stats
+from tabulate import tabulate
+
+from bench import speed
+from bench.config import SweepSpec, load_spec
+from bench.errors import ConfigError
+from bench.grid import canonical_json, expand
+from bench.store import atomic_write_json
+from bench.tasks import HIGHER_IS_BETTER
+from bench.timing import machine_info
+
+__all__ = [
+    "HELP",
+    "INJECT_ACCURACY_ENV",
+    "SpeedVerdict",
+    "add_arguments",
+    "compare_accuracy",
+    "compare_speed",
+    "main",
+]
+
+HELP = "regression gate: a fixed sweep's metrics and speed ratios to ew vs a baseline"
+
+INJECT_ACCURACY_ENV = "MTLBENCH_INJECT_ACCURACY"
+BASELINE_FILE = "baseline.json"
+FORMAT = "mtlbench-check-baseline"
+VERSION = 1
+DEFAULT_BASELINE = "results/baselines/check"
+EXIT_REGRESSION = 1
+
+DEFAULTS = {
+    "rtol": 1e-6,
+    "atol": 1e-9,
+    "min_effect": 0.15,
+    "alpha": 0.01,
+    "repeats": 40,
+    "warmup": 5,
+    "steps": 5,
+}
+BLOCK_REDUCE = "min"  # a repeat sample is the fastest of --steps consecutive steps
+THREADS = 1
+CPU_CLOCK = "thread"  # time the thread's CPU time: preemption by other processes cancels
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class SpeedVerdict:
+    """Current vs baseline ratio samples of one strategy."""
+
+    baseline_median: float
+    current_median: float
+    change: float  # current median / baseline median - 1
+    p_slower: float  # one-sided Mann-Whitney U p-value, current > baseline
+    p_faster: float  # one-sided, current < baseline
+    regressed: bool
+    improved: bool
+
+
+def compare_speed(
+    baseline: Sequence[float],
+    current: Sequence[float],
+    *,
+    min_effect: float = DEFAULTS["min_effect"],
+    alpha: float = DEFAULTS["alpha"],
+) -> SpeedVerdict:
+    """Is ``current`` (ratio samples) slower than ``baseline`` by more than ``min_effect``
+    (relative change of the medians), significantly (Mann-Whitney U, p < ``alpha``)?"""
+    base = np.asarray(baseline, dtype=np.float64)
+    cur = np.asarray(current, dtype=np.float64)
+    if base.size == 0 or cur.size == 0:
+        raise ValueError("compare_speed needs samples on both sides")
+    base_median, cur_median = float(np.median(base)), float(np.median(cur))
+    change = cur_median / base_median - 1.0 if base_median > 0 else math.inf
+    p_slower = float(stats.mannwhitneyu(cur, base, alternative="greater").pvalue)
+    p_faster = float(stats.mannwhitneyu(cur, base, alternative="less").pvalue)
+    return SpeedVerdict(
+        baseline_median=base_median,
+        current_median=cur_median,
+        change=change,
+        p_slower=p_slower,
+        p_faster=p_faster,
+        regressed=change > min_effect and p_slower < alpha,
+        improved=change < -min_effect and p_faster < alpha,
+    )
+
+
+def _close(a: Any, b: Any, rtol: float, atol: float) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        a, b = float(a), float(b)
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        if math.isinf(a) or math.isinf(b):
+            return a == b
+        return abs(a - b) <= rtol * abs(b) + atol
+    return a == b
+
+
+def _flatten(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``{split: {task: {metric: v}}}`` -> ``{"split/task/metric": v}``."""
+    return {
+        f"{split}/{task}/{metric}": value
+        for split, per_task in metrics.items()
+        for task, per_metric in per_task.items()
+        for metric, value in per_metric.items()
+    }
+
+
+def compare_accuracy(
+    baseline: dict[str, dict[str, Any]],
+    current: dict[str, dict[str, Any]],
+    *,
+    rtol: float = DEFAULTS["rtol"],
+    atol: float = DEFAULTS["atol"],
+) -> list[list[Any]]:
+    """Rows ``[item, baseline, current, change]`` for every trial status or metric that
+    differs. Both sides map a trial key -> ``{"status", "metrics", ...}``."""
+    rows: list[list[Any]] = []
+    for label, base in baseline.items():
+        cur = current.get(label)
+        if cur is None:
+            rows.append([f"{label}: trial", "present", "missing", ""])
+            continue
+        if base.get("status") != cur.get("status"):
+            rows.append([f"{label}: status", base.get("status"), cur.get("status"), ""])
+            continue
+        base_m, cur_m = _flatten(base.get("metrics") or {}), _flatten(cur.get("metrics") or {})
+        for key in sorted(base_m.keys() | cur_m.keys()):
+            b, c = base_m.get(key), cur_m.get(key)
+            if key not in cur_m or key not in base_m or not _close(c, b, rtol, atol):
+                change = ""
+                if isinstance(b, (int, float)) and isinstance(c, (int, float)) and b:
+                    change = f"{(c - b) / abs(b):+.3g}"
+                rows.append([f"{label}: {key}", b, c, change])
+    for label in sorted(current.keys() - baseline.keys()):
+        rows.append([f"{label}: trial", "missing", "present", ""])
+    return rows
+
+
+# --------------------------------------------------------------------------- running
+
+
+def injected_accuracy(env: dict[str, str] | None = None) -> dict[str, float]:
+    """Parse ``MTLBENCH_INJECT_ACCURACY`` (``"name:fraction[,name:fraction]"``)."""
+    raw = (env if env is not None else os.environ).get(INJECT_ACCURACY_ENV, "").strip()
+    out: dict[str, float] = {}
+    for item in filter(None, (i.strip() for i in raw.split(","))):
+        name, sep, value = item.partition(":")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            out[name] = math.nan
+        if not sep or not name or not math.isfinite(out[name]):
+            raise ConfigError(
+                f"{INJECT_ACCURACY_ENV}: expected 'strategy:fraction[,...]', got {raw!r}"
+            )
+    return out
+
+
+def _worsen(metrics: dict[str, Any], fraction: float) -> dict[str, Any]:
+    def bad(metric: str, value: Any) -> Any:
+        if not isinstance(value, (int, float)):
+            return value
+        higher = HIGHER_IS_BETTER.get(metric, False)  # "loss": lower is better
+        return value * (1.0 - fraction) if higher else value * (1.0 + fraction)
+
+    return {
+        split: {task: {m: bad(m, v) for m, v in per.items()} for task, per in per_task.items()}
+        for split, per_task in metrics.items()
+    }
+
+
+def _trial_key(trial: Any, spec: SweepSpec) -> str:
+    """A trial's name in the baseline: its components' names (not their resolved
+    hyperparameters, so a changed default shows up as changed metrics, not as a
+    different trial), the dataset's position in the sweep, the seed, the baseline task."""
+    index = spec.datasets.index(trial.dataset)
+    key = (f"{trial.weighting.name} {trial.sharing.name} {trial.dataset.name}#{index} "
+           f"seed={trial.seed}")
+    if trial.tasks is not None:
+        key += f" task={','.join(trial.tasks)}"
+    return key
+
+
+def run_accuracy(spec: SweepSpec, *, quiet: bool = False) -> dict[str, dict[str, Any]]:
+    """Run every trial of ``spec`` inline, one thread; trial key -> id, status, metrics."""
+    from bench.trial import execute
+
+    injected = injected_accuracy()
+    out: dict[str, dict[str, Any]] = {}
+    with speed.torch_threads(THREADS):
+        for trial in expand(spec):
+            record = execute(trial)
+            metrics = record.get("metrics")
+            fraction = injected.get(trial.weighting.name)
+            if fraction and metrics is not None:
+                metrics = _worsen(metrics, fraction)
+            key = _trial_key(trial, spec)
+            out[key] = {
+                "id": trial.id,
+                "status": record["status"],
+                "error": record.get("error"),
+                "metrics": metrics,
+            }
+            if record["status"] != "ok" and not quiet:
+                print(f"note: trial {key}: {record['status']}: "
+                      f"{record.get('error')}", file=sys.stderr)
+    return out
+
+
+def speed_cells(spec: SweepSpec) -> list[speed.SpeedCell]:
+    """``ew`` plus one cell per other strategy of the sweep (see the module docstring)."""
+    from bench.config import Component
+    from strategies.weighting import WEIGHTING
+
+    if not any(c.name == speed.REFERENCE for c in spec.weighting):
+        ew = Component(speed.REFERENCE, WEIGHTING.resolve(speed.REFERENCE, {}))
+        spec = _replace(spec, weighting=(ew, *spec.weighting))
+    spec = _replace(spec, sharing=spec.sharing[:1])
+    cells, _ = speed.build_cells(spec, engines=[spec.train.engine], device="cpu")
+    ew_first = sorted(cells, key=lambda c: c.strategy.name != speed.REFERENCE)
+    return ew_first
+
+
+def _replace(spec: SweepSpec, **changes: Any) -> SweepSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)
+
+
+def measure_ratios(
+    cells: Sequence[speed.SpeedCell], *, repeats: int, warmup: int, steps: int
+) -> dict[str, dict[str, Any]]:
+    """Per non-reference cell (by label): the per-round ratio samples to ``ew``."""
+    with speed.torch_threads(THREADS):
+        measurements = speed.measure(cells, repeats=repeats, warmup=warmup,
+                                     steps_per_repeat=steps, block_reduce=BLOCK_REDUCE,
+                                     cpu_clock=CPU_CLOCK)
+    ref = next(m for c, m in zip(cells, measurements, strict=True)
+               if c.strategy.name == speed.REFERENCE)
+    ref_steps = ref.step_samples
+    out: dict[str, dict[str, Any]] = {}
+    for cell, m in zip(cells, measurements, strict=True):
+        if cell.strategy.name == speed.REFERENCE:
+            continue
+        ratios = [s / r for s, r in zip(m.step_samples, ref_steps, strict=True)]
+        out[cell.label] = {
+            "cell": cell.to_dict(),
+            "ratio_samples": ratios,
+            "ratio_median": float(np.median(ratios)),
+            "step_median_s": float(np.median(m.step_samples)),
+            "reference_step_median_s": float(np.median(ref_steps)),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def _preset_toml(name: str) -> dict[str, Any]:
+    return tomllib.loads((resources.files("bench") / "presets" / f"{name}.toml").read_text("utf-8"))
+
+
+def _settings(args: argparse.Namespace, spec: SweepSpec) -> dict[str, Any]:
+    """What the user chose (compared with the baseline's) and, for the record, the
+    resolved sweep (not compared: a changed default must show up as changed metrics)."""
+    return {"preset": args.preset, "preset_toml": _preset_toml(args.preset),
+            "overrides": list(args.overrides), "sweep": spec.to_dict(), "threads": THREADS}
+
+
+def _chosen(settings: dict[str, Any]) -> str:
+    return canonical_json([settings.get("preset_toml"), settings.get("overrides")])
+
+
+def read_baseline(folder: Path) -> dict[str, Any]:
+    """The baseline in ``folder``; a ``ConfigError`` (one line) if missing or unusable."""
+    path = folder / BASELINE_FILE
+    hint = "create it with `mtlbench check --update`"
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no baseline directory; {hint}")
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no baseline file; {hint}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read baseline: {err}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: corrupt baseline (not JSON: {err}); {hint}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not an mtlbench check baseline; {hint}")
+    if data.get("version") != VERSION:
+        raise ConfigError(f"{path}: baseline version {data.get('version')!r}, this mtlbench "
+                          f"reads version {VERSION}; {hint}")
+    try:
+        trials = data["accuracy"]["trials"]
+        cells = data["speed"]["cells"]
+        ok = isinstance(trials, dict) and isinstance(cells, dict) and all(
+            isinstance(c["ratio_samples"], list) and c["ratio_samples"] for c in cells.values()
+        ) and isinstance(data["settings"]["preset_toml"], dict)
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{path}: corrupt baseline (missing or malformed fields); {hint}")
+    return data
+
+
+# --------------------------------------------------------------------------- command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    parser.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="DIR",
+                        help=f"baseline directory (default {DEFAULT_BASELINE})")
+    parser.add_argument("--update", action="store_true",
+                        help="run and (re)write the baseline instead of comparing")
+    parser.add_argument("--preset", default="check", help="the fixed sweep (default 'check')")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a key of the sweep")
+    parser.add_argument("--no-speed", action="store_true", help="accuracy only")
+    parser.add_argument("--repeats", type=int, default=d["repeats"],
+                        help=f"speed: timed rounds (default {d['repeats']})")
+    parser.add_argument("--warmup", type=int, default=d["warmup"],
+                        help=f"speed: untimed rounds (default {d['warmup']})")
+    parser.add_argument("--steps", type=int, default=d["steps"],
+                        help=f"speed: steps per cell and round, a sample is the fastest "
+                        f"(default {d['steps']})")
+    parser.add_argument("--min-effect", type=float, default=d["min_effect"],
+                        help=f"speed: smallest slowdown that fails (default {d['min_effect']})")
+    parser.add_argument("--alpha", type=float, default=d["alpha"],
+                        help=f"speed: significance level (default {d['alpha']})")
+    parser.add_argument("--rtol", type=float, default=d["rtol"],
+                        help=f"accuracy: relative tolerance (default {d['rtol']})")
+    parser.add_argument("--atol", type=float, default=d["atol"],
+                        help=f"accuracy: absolute tolerance (default {d['atol']})")
+    parser.add_argument("--json", dest="json_out", metavar="PATH",
+                        help="also write the verdict as JSON")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if args.repeats < 2:
+        raise ConfigError("--repeats: must be at least 2")
+    if args.warmup < 0:
+        raise ConfigError("--warmup: must be at least 0")
+    if args.steps < 1:
+        raise ConfigError("--steps: must be at least 1")
+    if not args.min_effect >= 0:
+        raise ConfigError("--min-effect: must be >= 0")
+    if not 0 < args.alpha < 1:
+        raise ConfigError("--alpha: must be in (0, 1)")
+    if not (args.rtol >= 0 and args.atol >= 0):
+        raise ConfigError("--rtol/--atol: must be >= 0")
+
+
+def _machine_warning(baseline: dict[str, Any], machine: dict[str, Any]) -> str | None:
+    keys = ("cpu", "torch", "numpy")
+    old = baseline.get("machine", {})
+    diff = [f"{k}: {old.get(k)!r} -> {machine.get(k)!r}" for k in keys if old.get(k) != machine[k]]
+    if not diff:
+        return None
+    return ("warning: baseline made on another machine/build (" + "; ".join(diff) +
+            "); accuracy may differ beyond the tolerance for that reason alone")
+
+
+def _load_warning() -> str | None:
+    """A note when the machine is busier than its cores: some steps (the gradient-based
+    ones) slow down more than ew's under contention, so ratios drift upwards a little."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    cores = os.cpu_count() or 1
+    if load <= cores:
+        return None
+    return (f"the machine is busy (1-min load average {load:.1f} on {cores} cores): "
+            "speed ratios can drift under contention; rerun on a quiet machine to be sure")
+
+
+def _speed_table(rows: list[dict[str, Any]]) -> str:
+    table = [[r["strategy"], f"{r['baseline']:.3f}", f"{r['current']:.3f}",
+              f"{r['change']:+.1%}", f"{r['p']:.2g}", r["verdict"]] for r in rows]
+    return tabulate(table, headers=["speed cell (ratio to ew)", "baseline", "current", "change",
+                                    "p (slower)", "verdict"], disable_numparse=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    _validate(args)
+    folder = Path(args.baseline)
+    baseline = None if args.update else read_baseline(folder)
+    spec = load_spec(preset=args.preset, overrides=args.overrides)
+    settings = _settings(args, spec)
+    if baseline is not None and _chosen(baseline["settings"]) != _chosen(settings):
+        raise ConfigError(
+            f"{folder / BASELINE_FILE}: made with a different sweep (preset "
+            f"{baseline['settings'].get('preset')!r}, --set {baseline['settings'].get('overrides')}"
+            "); use the same settings or rerun with --update"
+        )
+    machine = machine_info(None)
+    machine["threads"] = THREADS
+    injected = {"slowdown": speed.injected_slowdowns(), "accuracy": injected_accuracy()}
+    if any(injected.values()):
+        if args.update:
+            raise ConfigError(f"refusing to write a baseline with fault injection active "
+                              f"({INJECT_ACCURACY_ENV} / {speed.INJECT_SLOWDOWN_ENV})")
+        print(f"warning: fault injection active: {injected}", file=sys.stderr)
+
+    accuracy = run_accuracy(spec)
+    cells = [] if args.no_speed else speed_cells(spec)
+    ratios = measure_ratios(cells, repeats=args.repeats, warmup=args.warmup,
+                            steps=args.steps) if cells else {}
+
+    if args.update:
+        document = {
+            "format": FORMAT,
+            "version": VERSION,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "machine": machine,
+            "settings": settings,
+            "injected": injected,
+            "accuracy": {"rtol": args.rtol, "atol": args.atol, "trials": accuracy},
+            "speed": {"reference": speed.REFERENCE, "repeats": args.repeats,
+                      "warmup": args.warmup, "steps_per_repeat": args.steps,
+                      "block_reduce": BLOCK_REDUCE, "cells": ratios},
+        }
+        atomic_write_json(folder / BASELINE_FILE, document)
+        elapsed = time.perf_counter() - started
+        print(f"baseline: {len(accuracy)} trials, {len(ratios)} speed cells -> "
+              f"{folder / BASELINE_FILE} ({elapsed:.1f} s)")
+        if args.json_out:
+            atomic_write_json(Path(args.json_out), {"passed": True, "updated": True,
+                                                    "injected": injected, "elapsed_s": elapsed})
+        return 0
+
+    assert baseline is not None
+    warning = _machine_warning(baseline, machine)
+    if warning:
+        print(warning, file=sys.stderr)
+    acc_rows = compare_accuracy(baseline["accuracy"]["trials"], accuracy, rtol=args.rtol,
+                                atol=args.atol)
+
+    speed_rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    flagged: list[str] = []
+    first: dict[str, SpeedVerdict] = {}
+    base_cells = baseline["speed"]["cells"]
+    for label, cur in ratios.items():
+        base = base_cells.get(label)
+        if base is None:
+            notes.append(f"speed cell {label} is not in the baseline (run --update)")
+            continue
+        if canonical_json(base["cell"]) != canonical_json(cur["cell"]):
+            # e.g. a strategy's default hyperparameters changed: still compared, as such a
+            # change can be the very regression to catch
+            notes.append(f"speed cell {label} is built differently from the baseline's")
+        verdict = compare_speed(base["ratio_samples"], cur["ratio_samples"],
+                                min_effect=args.min_effect, alpha=args.alpha)
+        first[label] = verdict
+        if verdict.regressed:
+            flagged.append(label)
+    for label in base_cells.keys() - ratios.keys():
+        if not args.no_speed:
+            notes.append(f"speed cell {label} of the baseline was not measured")
+
+    confirm: dict[str, SpeedVerdict] = {}
+    if flagged:
+        rerun_cells = [c for c in cells if c.strategy.name == speed.REFERENCE or c.label in flagged]
+        print(f"speed: {', '.join(flagged)} flagged; confirming with a rerun", file=sys.stderr)
+        rerun = measure_ratios(rerun_cells, repeats=args.repeats, warmup=args.warmup,
+                               steps=args.steps)
+        for label in flagged:
+            confirm[label] = compare_speed(base_cells[label]["ratio_samples"],
+                                           rerun[label]["ratio_samples"],
+                                           min_effect=args.min_effect, alpha=args.alpha)
+    regressed_speed = [label for label in flagged if confirm[label].regressed]
+
+    for label, verdict in first.items():
+        final = confirm.get(label, verdict)
+        if label in regressed_speed:
+            state = "REGRESSED (confirmed)"
+        elif label in flagged:
+            state = "ok (not confirmed by rerun)"
+        elif verdict.improved:
+            state = "faster (consider --update)"
+        else:
+            state = "ok"
+        speed_rows.append({"strategy": label, "baseline": verdict.baseline_median,
+                           "current": final.current_median, "change": final.change,
+                           "p": final.p_slower, "verdict": state})
+
+    if speed_rows:
+        print(_speed_table(speed_rows))
+    load = _load_warning()
+    if load and (flagged or regressed_speed):
+        notes.append(load)
+    for note in notes:
+        print(f"note: {note}")
+    failed = bool(acc_rows or regressed_speed)
+    if failed:
+        def num(v: Any) -> Any:
+            return f"{v:.8g}" if isinstance(v, float) else v
+
+        rows = [["accuracy", what, num(b), num(c), change] for what, b, c, change in acc_rows]
+        rows += [["speed", f"{r['strategy']} step / ew step", f"{r['baseline']:.3f}",
+                  f"{r['current']:.3f}", f"{r['change']:+.1%}"]
+                 for r in speed_rows if r["strategy"] in regressed_speed]
+        print("\nREGRESSIONS:")
+        print(tabulate(rows, headers=["check", "what", "baseline", "current", "change"],
+                       disable_numparse=True))
+    elapsed = time.perf_counter() - started
+    print(f"check {'FAILED' if failed else 'passed'}: {len(accuracy)} trials "
+          f"(rtol {args.rtol:g}), {len(ratios)} speed cells (min effect {args.min_effect:.0%}, "
+          f"alpha {args.alpha:g}), {elapsed:.1f} s")
+    if args.json_out:
+        atomic_write_json(Path(args.json_out), {
+            "passed": not failed,
+            "updated": False,
+            "accuracy_mismatches": acc_rows,
+            "speed_first": {k: asdict(v) for k, v in first.items()},
+            "speed_flagged": flagged,
+            "speed_confirm": {k: asdict(v) for k, v in confirm.items()},
+            "speed_regressed": regressed_speed,
+            "injected": injected,
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "elapsed_s": elapsed,
+        })
+    return EXIT_REGRESSION if failed else 0
+
+
+def _standalone(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.check``: the same command without the ``mtlbench`` front end."""
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise ConfigError(message)
+
+    parser = _Parser(prog="mtlbench check", description=HELP)
+    add_arguments(parser)
+    try:
+        return main(parser.parse_args(argv))
+    except ConfigError as err:
+        print(f"mtlbench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(_standalone())

@@ -1,0 +1,182 @@
+"""`mtlbench check`: baseline round trip, accuracy and speed decisions, bad baselines.
+
+Nothing here asserts on a timing: the speed part of the end-to-end runs is made
+unable to fail (``--min-effect 1000``); the speed decision is tested on synthetic
+samples.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import check, cli
+from bench.config import load_spec
+
+TINY = [
+    "--set", 'datasets=[{name="mmoe_synthetic", num_tasks=2, num_train=96, num_val=32, '
+    'num_test=32, input_dim=6}]',
+    "--set", 'weighting=["ew", "mgda"]',
+    "--set", "model.hidden=[8]",
+    "--set", "train.epochs=1",
+    "--set", "train.batch_size=32",
+    "--repeats", "4", "--warmup", "1", "--steps", "1",
+    "--min-effect", "1000",  # timings never decide a test
+]
+
+
+@pytest.fixture
+def plugged(monkeypatch):
+    monkeypatch.setitem(cli.PLUGGED_COMMANDS, "check", "bench.check")
+    monkeypatch.delenv(check.INJECT_ACCURACY_ENV, raising=False)
+    monkeypatch.delenv("MTLBENCH_INJECT_SLOWDOWN", raising=False)
+
+
+@pytest.fixture
+def baseline(plugged, tmp_path, capsys):
+    folder = tmp_path / "baseline"
+    assert cli.main(["check", "--update", "--baseline", str(folder), *TINY]) == 0
+    assert "baseline:" in capsys.readouterr().out
+    return folder
+
+
+# ----------------------------------------------------------------------------- decisions
+
+
+def _samples(median, n=40, sigma=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    return list(median * np.exp(rng.normal(0.0, sigma, n)))
+
+
+def test_speed_decision_flags_30_percent_not_2_percent():
+    base = _samples(2.0, seed=1)
+    slow = check.compare_speed(base, _samples(2.6, seed=2))
+    assert slow.regressed and not slow.improved
+    assert slow.change == pytest.approx(0.3, abs=0.05) and slow.p_slower < 1e-6
+    small = check.compare_speed(base, _samples(2.04, seed=3))
+    assert not small.regressed
+    fast = check.compare_speed(base, _samples(1.4, seed=4))
+    assert fast.improved and not fast.regressed
+
+
+def test_speed_decision_needs_significance_as_well_as_effect():
+    # A big median shift on a handful of very noisy samples is not significant.
+    base = [1.0, 3.0, 0.5, 2.0]
+    cur = [1.5, 0.6, 3.5, 2.4]
+    verdict = check.compare_speed(base, cur, min_effect=0.15, alpha=0.01)
+    assert verdict.change > 0.15 and not verdict.regressed
+
+
+def test_accuracy_comparison_tolerance_nan_and_status():
+    base = {"A": {"status": "ok",
+                  "metrics": {"test": {"t1": {"mse": 1.0, "auc": float("nan")}}}},
+            "B": {"status": "ok", "metrics": {"test": {"t1": {"mse": 2.0}}}}}
+    same = json.loads(json.dumps(base))
+    same["A"]["metrics"]["test"]["t1"]["mse"] = 1.0 + 5e-7  # within rtol 1e-6
+    assert check.compare_accuracy(base, same) == []
+    off = json.loads(json.dumps(base))
+    off["A"]["metrics"]["test"]["t1"]["mse"] = 1.00001
+    off["B"]["status"] = "diverged"
+    rows = check.compare_accuracy(base, off)
+    assert [r[0] for r in rows] == ["A: test/t1/mse", "B: status"]
+    assert rows[0][3] == "+1e-05"
+    gone = {"A": base["A"]}
+    assert check.compare_accuracy(base, gone) == [["B: trial", "present", "missing", ""]]
+
+
+def test_injection_parsing():
+    assert check.injected_accuracy({}) == {}
+    assert check.injected_accuracy({check.INJECT_ACCURACY_ENV: "mgda:1e-3"}) == {"mgda": 1e-3}
+    with pytest.raises(check.ConfigError):
+        check.injected_accuracy({check.INJECT_ACCURACY_ENV: "mgda"})
+
+
+def test_speed_cells_always_include_ew_once():
+    spec = load_spec(preset="check", overrides=['weighting=["mgda", "pcgrad"]'])
+    cells = check.speed_cells(spec)
+    assert [c.strategy.name for c in cells] == ["ew", "mgda", "pcgrad"]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_check_passes_against_the_baseline_it_wrote(baseline, capsys, tmp_path):
+    data = json.loads((baseline / "baseline.json").read_text())
+    assert data["format"] == "mtlbench-check-baseline" and data["accuracy"]["trials"]
+    assert {c.split("/")[0] for c in data["speed"]["cells"]} == {"mgda"}
+    verdict = tmp_path / "verdict.json"
+    assert cli.main(["check", "--baseline", str(baseline), *TINY, "--json", str(verdict)]) == 0
+    out = capsys.readouterr().out
+    assert "check passed" in out and "REGRESSIONS" not in out
+    assert json.loads(verdict.read_text())["passed"] is True
+
+
+def test_check_fails_when_a_baseline_metric_differs(baseline, capsys):
+    path = baseline / "baseline.json"
+    data = json.loads(path.read_text())
+    trial = next(t for k, t in data["accuracy"]["trials"].items() if k.startswith("mgda"))
+    trial["metrics"]["test"]["t2"]["mae"] *= 1.001
+    path.write_text(json.dumps(data))
+    assert cli.main(["check", "--baseline", str(baseline), *TINY]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSIONS" in out and "test/t2/mae" in out and "check FAILED" in out
+    table = out[out.index("REGRESSIONS"):]
+    assert table.count("test/") == 1  # only the edited number
+
+
+def test_injected_accuracy_drop_fails(baseline, capsys, monkeypatch):
+    monkeypatch.setenv(check.INJECT_ACCURACY_ENV, "mgda:1e-4")
+    assert cli.main(["check", "--baseline", str(baseline), *TINY]) == 1
+    out = capsys.readouterr().out
+    table = out[out.index("REGRESSIONS"):]
+    assert "mgda hps" in table and "ew hps" not in table and "+0.0001" in table
+
+
+def test_different_sweep_is_a_usage_error(baseline, capsys):
+    argv = ["check", "--baseline", str(baseline), *TINY, "--set", "train.lr=0.5"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "different sweep" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no baseline directory"),
+        ("", "no baseline file"),
+        ("{not json", "corrupt baseline (not JSON"),
+        ('{"format": "other"}', "not an mtlbench check baseline"),
+        ('{"format": "mtlbench-check-baseline", "version": 1, "accuracy": {}}',
+         "corrupt baseline (missing or malformed fields)"),
+    ],
+)
+def test_missing_or_corrupt_baseline_is_one_line_exit_2(plugged, tmp_path, capsys, content,
+                                                        message):
+    folder = tmp_path / "base"
+    if content is not None:
+        folder.mkdir()
+        if content:
+            (folder / "baseline.json").write_text(content)
+    assert cli.main(["check", "--baseline", str(folder), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("mtlbench: error:")
+
+
+def test_bad_options_are_usage_errors(plugged, capsys):
+    assert cli.main(["check", "--alpha", "2"]) == 2
+    assert "--alpha" in capsys.readouterr().err
+
+
+def test_committed_baseline_is_readable():
+    """The committed baseline (if any) is one this version reads, made from the check preset
+    without overrides."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / check.DEFAULT_BASELINE
+    if not (folder / check.BASELINE_FILE).is_file():
+        pytest.skip("no committed baseline")
+    data = check.read_baseline(folder)
+    assert data["settings"]["preset"] == "check" and data["settings"]["overrides"] == []
+    assert not any(data["injected"].values())

@@ -1,0 +1,325 @@
+"""`mtlbench speed` and the timers: structure, interleaving order and statistics, never timings."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from bench import cli, speed
+from bench.config import load_spec
+from bench.errors import ConfigError
+from bench.timing import (
+    PHASES,
+    CpuTimer,
+    CudaTimer,
+    MemoryProbe,
+    StepTiming,
+    machine_info,
+    make_timer,
+    summarize,
+)
+from strategies.weighting import WEIGHTING, GradientWeighting, GramianWeighting
+
+SPEED_SPEC = """
+name = "speedtest"
+datasets = [{ name = "mmoe_synthetic", num_train = 64, num_val = 16, num_test = 16, input_dim = 8 }]
+sharing = ["hps"]
+weighting = ["ew", "uw", "t_plain", "t_gram"]
+
+[model]
+hidden = [8, 4]
+
+[train]
+batch_size = 16
+"""
+
+MACHINE_KEYS = {
+    "cpu", "threads", "gpu", "gpu_driver", "torch", "cuda", "cudnn", "cuda_matmul_allow_tf32",
+    "cudnn_allow_tf32", "cudnn_benchmark", "cudnn_deterministic",
+}
+
+
+class _Plain(GradientWeighting):
+    """Test double: a gradient strategy only the loop/vmap engines serve (no rep, no Gramian)."""
+
+    def aggregate(self, jacobian, losses=None):
+        return jacobian.sum(0)
+
+
+class _Gram(GramianWeighting):
+    """Test double: a Gramian strategy (served by loop, vmap and gramian; not rep)."""
+
+    def weights(self, gramian, losses=None):
+        return torch.ones(len(gramian), dtype=gramian.dtype, device=gramian.device)
+
+
+@pytest.fixture(autouse=True)
+def _test_strategies():
+    # Real strategies change concurrently; engine compatibility is tested on fixed doubles.
+    WEIGHTING.register("t_plain")(_Plain)
+    WEIGHTING.register("t_gram")(_Gram)
+    yield
+    WEIGHTING.unregister("t_plain")
+    WEIGHTING.unregister("t_gram")
+
+
+@pytest.fixture
+def plugged(monkeypatch):
+    monkeypatch.setitem(cli.PLUGGED_COMMANDS, "speed", "bench.speed")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize(
+    ("samples", "median", "iqr"),
+    [
+        ([1.0, 2.0, 3.0, 4.0, 5.0], 3.0, 2.0),
+        ([4.0, 1.0, 3.0, 2.0], 2.5, 1.5),  # q25 = 1.75, q75 = 3.25 (linear interpolation)
+        ([7.0], 7.0, 0.0),
+        ([1.0, 1.0, 1.0, 100.0], 1.0, 24.75),  # q75 = 1 + 0.25 * 99
+    ],
+)
+def test_summarize_median_and_iqr(samples, median, iqr):
+    out = summarize(samples)
+    assert out["median_s"] == pytest.approx(median)
+    assert out["iqr_s"] == pytest.approx(iqr)
+
+
+def test_summarize_needs_samples():
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+@pytest.mark.parametrize(("how", "step", "fwd"), [("mean", 2.0, 0.5), ("min", 1.0, 0.0),
+                                                   ("median", 2.0, 0.5)])
+def test_reduce_block(how, step, fwd):
+    block = [StepTiming({"forward": 0.5}, 3.0), StepTiming({"forward": 1.0}, 1.0),
+             StepTiming({}, 2.0)]
+    out = speed.reduce_block(block, how)
+    assert out.step == pytest.approx(step)
+    assert out.phases["forward"] == pytest.approx(fwd)
+
+
+# ----------------------------------------------------------------------------- timers
+
+
+def test_cpu_timer_phases_with_a_fake_clock():
+    ticks = iter([10.0, 10.5, 11.0, 11.25, 12.0, 12.5])
+    timer = CpuTimer(clock=lambda: next(ticks))
+    timer.start()  # 10.0
+    timer.mark("forward")  # 0.5
+    timer.mark("backward")  # 0.5
+    timer.mark("forward")  # 0.25 more, accumulated
+    timer.mark("optimizer")  # 0.75
+    out = timer.stop()  # 12.5
+    assert out.phases == pytest.approx({"forward": 0.75, "backward": 0.5, "optimizer": 0.75})
+    assert out.step == pytest.approx(2.5)
+
+
+def test_make_timer_kinds():
+    assert make_timer(torch.device("cpu")).kind == "perf_counter"
+    assert make_timer(torch.device("cpu"), "thread").kind == "thread_time"
+    with pytest.raises(ValueError):
+        make_timer(torch.device("cpu"), "sundial")
+
+
+def test_memory_probe_on_cpu_is_process_peak_rss():
+    probe = MemoryProbe(torch.device("cpu"))
+    probe.before_step()
+    probe.after_step()
+    assert probe.kind == "process_max_rss" and probe.peak > 10 * 2**20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_timer_and_memory_probe():
+    device = torch.device("cuda", torch.cuda.current_device())
+    timer = make_timer(device)
+    assert isinstance(timer, CudaTimer)
+    a = torch.randn(512, 512, device=device)
+    probe = MemoryProbe(device, resident=lambda: a.numel() * a.element_size())
+    for _ in range(2):  # the event pool is reused
+        probe.before_step()
+        timer.start()
+        b = a @ a
+        timer.mark("forward")
+        c = b @ b
+        timer.mark("backward")
+        out = timer.stop()
+        probe.after_step()
+        del b, c
+    assert set(out.phases) == {"forward", "backward"}
+    assert all(v > 0 for v in out.phases.values())
+    assert out.step >= sum(out.phases.values()) * 0.999
+    assert probe.kind == "cuda_max_allocated"
+    assert probe.peak >= 2 * a.numel() * a.element_size()
+    info = machine_info(device)
+    assert info["gpu"] and info["cuda"]
+
+
+# ----------------------------------------------------------------------------- interleaving
+
+
+class _FakeRunner:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def step(self, timer):
+        self.log.append(self.name)
+        timer.mark("forward")
+
+
+def test_interleave_is_round_robin_and_drops_warmup():
+    log: list[str] = []
+    runners = [_FakeRunner(n, log) for n in "abc"]
+    clock = itertools.count()
+    timer = CpuTimer(clock=lambda: float(next(clock)))
+    out = speed.interleave(runners, timer, repeats=3, warmup=2, steps_per_repeat=2)
+    assert log == ["a", "a", "b", "b", "c", "c"] * 5
+    assert [len(t) for t in out] == [3, 3, 3]
+    # Every step reads the clock three times (start, mark, stop): step = 2 ticks, forward = 1.
+    assert all(t.step == 2.0 and t.phases == {"forward": 1.0} for ts in out for t in ts)
+
+
+def test_interleave_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        speed.interleave([], CpuTimer(), repeats=0)
+
+
+def test_measure_uses_one_timer_in_round_robin(monkeypatch, write_spec):
+    spec = load_spec(write_spec(SPEED_SPEC))
+    cells, _ = speed.build_cells(spec, engines=["loop"], tasks=[2])
+    order: list[str] = []
+    original = speed.CellRunner.step
+
+    def spy(self, timer):
+        order.append(self.cell.strategy.name)
+        original(self, timer)
+
+    monkeypatch.setattr(speed.CellRunner, "step", spy)
+    out = speed.measure(cells, repeats=2, warmup=1, slowdowns={})
+    names = [c.strategy.name for c in cells]
+    assert order == names * 3
+    assert all(len(m.timings) == 2 and m.peak_memory_bytes for m in out)
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def test_build_cells_axes_and_skips(write_spec):
+    spec = load_spec(write_spec(SPEED_SPEC))
+    cells, notes = speed.build_cells(spec, tasks=[2, 5], batch_sizes=[4], widths=[8, 16])
+    by = {(c.strategy.name, c.engine) for c in cells}
+    assert ("ew", None) in by and ("uw", None) in by  # loss-based: one engine-less cell
+    assert by == {("ew", None), ("uw", None), ("t_plain", "loop"), ("t_plain", "vmap"),
+                  ("t_gram", "loop"), ("t_gram", "vmap"), ("t_gram", "gramian")}
+    assert sorted(n.split(":")[0] for n in notes) == [
+        "skipped t_gram x rep x hps", "skipped t_plain x gramian x hps",
+        "skipped t_plain x rep x hps"]
+    assert len(cells) == len(by) * 2 * 2
+    assert {c.hidden for c in cells} == {(8, 4), (16, 8)}  # width scales the shape
+    assert len({c.id for c in cells}) == len(cells)
+
+
+def test_build_cells_rejects_unknown_engine(write_spec):
+    spec = load_spec(write_spec(SPEED_SPEC))
+    with pytest.raises(ConfigError, match=r"unknown engine 'lop'.*did you mean 'loop'"):
+        speed.build_cells(spec, engines=["lop"])
+
+
+def test_add_ratios_pairs_with_ew_of_the_same_settings(write_spec):
+    spec = load_spec(write_spec(SPEED_SPEC))
+    cells, _ = speed.build_cells(spec, engines=["loop"], tasks=[2, 4])
+    records = [{"step": {"median_s": 1.0 + i}} for i in range(len(cells))]
+    speed.add_ratios(cells, records)
+    ew = {c.num_tasks: r["step"]["median_s"] for c, r in zip(cells, records, strict=True) if
+          c.strategy.name == "ew"}
+    for c, r in zip(cells, records, strict=True):
+        assert r["ratio_to_ew"] == pytest.approx(r["step"]["median_s"] / ew[c.num_tasks])
+
+
+def test_add_ratios_without_ew_is_none(write_spec):
+    spec = load_spec(write_spec(SPEED_SPEC.replace('"ew", ', "")))
+    cells, _ = speed.build_cells(spec, engines=["loop"])
+    records = [{"step": {"median_s": 1.0}} for _ in cells]
+    speed.add_ratios(cells, records)
+    assert all(r["ratio_to_ew"] is None for r in records)
+
+
+def test_injected_slowdown_parsing():
+    assert speed.injected_slowdowns({}) == {}
+    env = {speed.INJECT_SLOWDOWN_ENV: "pcgrad:0.3, mgda:0.1"}
+    assert speed.injected_slowdowns(env) == {"pcgrad": 0.3, "mgda": 0.1}
+    for bad in ("pcgrad", "pcgrad:x", ":0.3", "pcgrad:-1"):
+        with pytest.raises(ConfigError, match="MTLBENCH_INJECT_SLOWDOWN"):
+            speed.injected_slowdowns({speed.INJECT_SLOWDOWN_ENV: bad})
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def test_speed_command_writes_full_records(plugged, write_spec, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(speed.INJECT_SLOWDOWN_ENV, "uw:0.01")
+    spec = write_spec(SPEED_SPEC)
+    out = tmp_path / "out"
+    rc = cli.main(["speed", str(spec), "--repeats", "3", "--warmup", "1", "--tasks", "2,3",
+                   "--engines", "loop,gramian,rep", "--out", str(out), "--threads", "1"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "forward ms" in printed and "jacobian ms" in printed
+    assert "skipped t_plain x gramian x hps" in printed and "skipped t_gram x rep x hps" in printed
+    records = [json.loads(p.read_text()) for p in (out / "speed").glob("*.json")]
+    # ew, uw: one cell each; t_plain: loop; t_gram: loop, gramian; times T in {2, 3}
+    assert len(records) == 5 * 2
+    for r in records:
+        assert r["kind"] == "speed" and r["device"] == "cpu" and r["repeats"] == 3
+        assert set(r["phases"]) == set(PHASES)
+        assert all(set(v) == {"median_s", "iqr_s"} for v in r["phases"].values())
+        assert set(r["step"]) == {"median_s", "iqr_s", "samples_s"}
+        assert len(r["step"]["samples_s"]) == 3
+        assert r["step"]["median_s"] == pytest.approx(summarize(r["step"]["samples_s"])["median_s"])
+        assert r["samples_per_s"] == pytest.approx(r["batch_size"] / r["step"]["median_s"])
+        assert r["peak_memory_bytes"] > 0
+        assert set(r["machine"]) >= MACHINE_KEYS and r["machine"]["threads"] == 1
+        assert r["num_tasks"] in (2, 3) and r["batch_size"] == 16 and r["width"] == 8
+        assert (r["engine"] is None) == (r["strategy"] in ("ew", "uw"))
+        assert math.isfinite(r["ratio_to_ew"])
+        if r["strategy"] == "ew":
+            assert r["ratio_to_ew"] == 1.0
+        if r["engine"] is not None:
+            assert r["phases"]["jacobian"]["median_s"] > 0
+        else:
+            assert r["phases"]["jacobian"]["median_s"] == 0
+        assert ("injected_slowdown" in r) == (r["strategy"] == "uw")
+        assert r["cell_id"] == (out / "speed" / f"{r['cell_id']}.json").stem
+    assert not list((out / "speed").glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tasks", "0"], "argument --tasks: expected positive integers"),
+        (["--tasks", "2,x"], "argument --tasks"),
+        (["--engines", "lop"], "unknown engine 'lop'"),
+        (["--repeats", "0"], "--repeats: must be at least 1"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--device", "cuda"] if not torch.cuda.is_available() else ["--steps", "0"],
+         "CUDA is not available" if not torch.cuda.is_available() else "--steps"),
+    ],
+)
+def test_speed_command_bad_input_is_one_line_exit_2(plugged, capsys, argv, message):
+    assert cli.main(["speed", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_speed_preset_is_a_valid_sweep():
+    spec = load_spec(preset="speed")
+    cells, _ = speed.build_cells(spec, engines=["loop"])
+    assert {c.strategy.name for c in cells} >= {"ew", "mgda"}
+    assert {"t_plain", "t_gram"} <= {c.name for c in speed.with_all_strategies(spec).weighting}
+    assert speed.with_all_strategies(spec).weighting  # every registered strategy
