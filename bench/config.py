@@ -65,6 +65,9 @@ class TrainSettings(pydantic.BaseModel):
     device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")] = "cpu"
     # CUDA only: deterministic kernels (torch.use_deterministic_algorithms); slower.
     deterministic: bool = False
+    # CPU intra-op threads of each trial. Part of the trial because CPU results depend on
+    # it (reduction order); executors run cores // threads trials at once.
+    threads: Annotated[int, Field(ge=1, le=256)] = 1
 
 
 class ProbeSettings(pydantic.BaseModel):

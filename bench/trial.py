@@ -120,6 +120,8 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
     train = spec.train
     device = resolve_device(train["device"])
     _set_determinism(device, train.get("deterministic", False))
+    # CPU results depend on the intra-op thread count, so the trial fixes it itself.
+    torch.set_num_threads(train.get("threads", 1))
     dataset = data.load(spec.dataset.name, **spec.dataset.params)
     tasks = _select_tasks(dataset, spec.tasks)
     train_split, val_split, test_split = (

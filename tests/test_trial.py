@@ -77,3 +77,13 @@ def test_divergence_and_errors_become_statuses(write_spec, failing_strategies):
                     spec.seed, spec.model, spec.train)
     rec = execute(bad)
     assert rec["status"] == "error" and "boom" in rec["error"] and "Traceback" in rec["traceback"]
+
+
+def test_results_do_not_depend_on_the_callers_thread_count(write_spec):
+    spec = _trial(write_spec, "model.hidden=[256, 256]", "train.batch_size=128")
+    torch.set_num_threads(2)
+    a = execute(spec)
+    torch.set_num_threads(1)
+    b = execute(spec)
+    assert a["metrics"] == b["metrics"]
+    assert a["env"]["threads"] == b["env"]["threads"] == spec.train["threads"] == 1

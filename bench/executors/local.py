@@ -65,9 +65,11 @@ def run_process_pool(
     cores = default_workers()
     uses_cuda = any(s.train.get("device", "cpu").startswith(("cuda", "auto")) for s in todo)
     gpus = tuple(_visible_gpus()) if uses_cuda else ()
-    wanted = options.workers or (len(gpus) * options.trials_per_gpu if gpus else cores)
+    trial_threads = max(s.train.get("threads", 1) for s in todo)
+    per_cpu = max(1, cores // trial_threads)
+    wanted = options.workers or (len(gpus) * options.trials_per_gpu if gpus else per_cpu)
     n_workers = max(1, min(wanted, len(todo)))
-    threads = max(1, cores // n_workers)
+    threads = trial_threads  # each trial sets its own thread count too
     ctx = multiprocessing.get_context("spawn")
     slots = ctx.Queue()
     for i in range(n_workers):

@@ -58,8 +58,10 @@ def run_ray(
                      log_to_driver=False)
     try:
         cpus = ray.cluster_resources().get("CPU", 1)
-        threads = max(1, int(cpus // max(1, min(len(todo), cpus))))
-        remote = ray.remote(num_cpus=1, num_gpus=options.gpus_per_trial)(_execute_remote)
+        threads = max(s.train.get("threads", 1) for s in todo)
+        remote = ray.remote(num_cpus=min(threads, cpus), num_gpus=options.gpus_per_trial)(
+            _execute_remote
+        )
         with contextlib.ExitStack() as locks:
             pending: dict[Any, str] = {}
             for spec in todo:
