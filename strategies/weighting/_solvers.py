@@ -222,3 +222,15 @@ def psd_pinv(gramian: np.ndarray, rtol: float) -> np.ndarray:
         return np.zeros_like(gramian)
     vecs = eigvecs[:, keep]
     return (vecs / eigvals[keep]) @ vecs.T
+
+
+def preference(
+    pref_vector: list[float] | None, num: int, default: float | None = None
+) -> np.ndarray:
+    """The (T,) preference weights: ``pref_vector``, else ``default`` for every task
+    (1/T when ``default`` is None); a wrong length raises."""
+    if pref_vector is None:
+        return np.full(num, 1.0 / num if default is None else default)
+    if len(pref_vector) != num:
+        raise ValueError(f"pref_vector has {len(pref_vector)} entries for {num} tasks")
+    return np.asarray(pref_vector, dtype=np.float64)

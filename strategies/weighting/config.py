@@ -37,6 +37,7 @@ from strategies.weighting import WEIGHTING
 from strategies.weighting._solvers import (
     HostGramianWeighting,
     gramian_to_host,
+    preference,
     psd_pinv,
     weights_to_device,
 )
@@ -74,11 +75,5 @@ class ConFIG(HostGramianWeighting):
     def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
         eps = torch.finfo(gramian.dtype).eps
         host = gramian_to_host(gramian)  # the step's one host sync (eigendecomposition)
-        num = host.shape[0]
-        if self.pref_vector is None:
-            prefs = np.ones(num)
-        elif len(self.pref_vector) != num:
-            raise ValueError(f"pref_vector has {len(self.pref_vector)} entries for {num} tasks")
-        else:
-            prefs = np.asarray(self.pref_vector, dtype=np.float64)
+        prefs = preference(self.pref_vector, host.shape[0], default=1.0)
         return weights_to_device(config_weights(host, prefs, eps), gramian)

@@ -32,9 +32,9 @@ from strategies.weighting._solvers import (
     HostGramianWeighting,
     dual_cone_weights,
     gramian_to_host,
+    preference,
     weights_to_device,
 )
-from strategies.weighting.upgrad import preference
 
 
 @WEIGHTING.register("dualproj")

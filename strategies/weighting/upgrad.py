@@ -39,17 +39,9 @@ from strategies.weighting._solvers import (
     HostGramianWeighting,
     dual_cone_weights,
     gramian_to_host,
+    preference,
     weights_to_device,
 )
-
-
-def preference(pref_vector: list[float] | None, num: int) -> np.ndarray:
-    """The (T,) preference weights: ``pref_vector`` or 1/T; a wrong length raises."""
-    if pref_vector is None:
-        return np.full(num, 1.0 / num)
-    if len(pref_vector) != num:
-        raise ValueError(f"pref_vector has {len(pref_vector)} entries for {num} tasks")
-    return np.asarray(pref_vector, dtype=np.float64)
 
 
 @WEIGHTING.register("upgrad")
