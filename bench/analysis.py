@@ -152,8 +152,8 @@ def strategy_label(sharing: str, weighting: str) -> str:
 
 
 def component_name(label: str) -> str:
-    """``ls(weights=[1, 0])`` -> ``ls``."""
-    return str(label).split("(", 1)[0]
+    """``ls(weights=[1, 0])`` -> ``ls``; ``ew @proportional`` -> ``ew``."""
+    return str(label).split(" @", 1)[0].split("(", 1)[0]
 
 
 def is_scalarization(weighting_label: str) -> bool:

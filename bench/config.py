@@ -31,7 +31,7 @@ __all__ = [
     "preset_names",
 ]
 
-AXES = ("dataset", "sharing", "weighting", "seed")
+AXES = ("dataset", "sharing", "weighting", "seed", "sampling")
 
 _STRICT = pydantic.ConfigDict(extra="forbid", strict=True)
 
@@ -86,6 +86,7 @@ class Filter(pydantic.BaseModel):
     sharing: str | list[str] | None = None
     weighting: str | list[str] | None = None
     seed: int | list[int] | None = None
+    sampling: str | list[str] | None = None
 
     def values(self, axis: str) -> list[Any] | None:
         value = getattr(self, axis)
@@ -109,8 +110,13 @@ class _RawSpec(pydantic.BaseModel):
     datasets: list[str | dict[str, Any]] = Field(min_length=1)
     sharing: list[str | dict[str, Any]] = Field(min_length=1)
     weighting: list[str | dict[str, Any]] = Field(min_length=1)
+    # Task-sampling policies (multi-input datasets only; see bench.sampling).
+    sampling: list[str | dict[str, Any]] = Field(default=["round_robin"], min_length=1)
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
+    # Training settings swept as axes: {"lr": [1e-3, 1e-2]} runs every trial once per value
+    # (the product over keys); each trial's baselines use the same settings.
+    train_grid: dict[str, list[Any]] = {}
     probes: ProbeSettings = ProbeSettings()
     executor: Literal["inline", "process", "ray", "submitit"] = "process"
     workers: Annotated[int, Field(ge=1, le=1024)] | None = None
@@ -123,7 +129,8 @@ class _RawSpec(pydantic.BaseModel):
     include: list[Filter] = []
     exclude: list[Filter] = []
 
-    @pydantic.field_validator("datasets", "sharing", "weighting", "seeds", mode="before")
+    @pydantic.field_validator("datasets", "sharing", "weighting", "sampling", "seeds",
+                              mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return value if isinstance(value, list) else [value]
@@ -151,6 +158,7 @@ class SweepSpec:
     datasets: tuple[Component, ...]
     sharing: tuple[Component, ...]
     weighting: tuple[Component, ...]
+    sampling: tuple[Component, ...]
     model: ModelSettings
     train: TrainSettings
     probes: ProbeSettings
@@ -158,6 +166,9 @@ class SweepSpec:
     plugins: tuple[str, ...]
     include: tuple[Filter, ...]
     exclude: tuple[Filter, ...]
+    # One TrainSettings per combination of the train_grid (just ``train`` without one).
+    train_variants: tuple[TrainSettings, ...] = ()
+    train_grid: dict[str, list[Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,8 +178,10 @@ class SweepSpec:
             "datasets": [c.to_dict() for c in self.datasets],
             "sharing": [c.to_dict() for c in self.sharing],
             "weighting": [c.to_dict() for c in self.weighting],
+            "sampling": [c.to_dict() for c in self.sampling],
             "model": self.model.model_dump(),
             "train": self.train.model_dump(),
+            "train_grid": dict(self.train_grid),
             "probes": self.probes.model_dump(),
             "plugins": list(self.plugins),
             "include": [f.model_dump(exclude_none=True) for f in self.include],
@@ -288,11 +301,45 @@ def _component(
     return Component(name, resolved)
 
 
+def _train_variants(
+    parsed: _RawSpec, raw_train: dict[str, Any], source: str
+) -> tuple[TrainSettings, ...]:
+    """Every combination of ``train_grid`` applied to ``train``, each validated."""
+    import itertools
+
+    grid = parsed.train_grid
+    fields = list(TrainSettings.model_fields)
+    for key, values in grid.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: train_grid.{key}: not a training setting{suggest(key, fields)}"
+            )
+        if not values:
+            raise ConfigError(f"{source}: train_grid.{key}: needs at least one value")
+        if len({repr(v) for v in values}) != len(values):
+            raise ConfigError(f"{source}: train_grid.{key}: contains duplicates")
+    if not grid:
+        return (parsed.train,)
+    variants = []
+    for combo in itertools.product(*grid.values()):
+        settings = {**raw_train, **dict(zip(grid, combo, strict=True))}
+        try:
+            variants.append(TrainSettings.model_validate(settings))
+        except pydantic.ValidationError as err:
+            first = err.errors()[0]
+            key = _format_loc(first["loc"])
+            raise ConfigError(
+                f"{source}: train_grid.{key}: {first['msg']} (got {first['input']!r})"
+            ) from None
+    return tuple(variants)
+
+
 def _check_filter_names(spec: SweepSpec, source: str) -> None:
     present = {
         "dataset": [c.name for c in spec.datasets],
         "sharing": [c.name for c in spec.sharing],
         "weighting": [c.name for c in spec.weighting],
+        "sampling": [c.name for c in spec.sampling],
     }
     for kind, filters in (("include", spec.include), ("exclude", spec.exclude)):
         for i, flt in enumerate(filters):
@@ -314,6 +361,7 @@ def load_spec(
     """Read, override and validate a sweep spec. Raises ``ConfigError`` on any problem."""
     from bench.data import DATASETS
     from bench.plugins import import_plugins, load_entry_points
+    from bench.sampling import SAMPLING
     from strategies.sharing import SHARING
     from strategies.weighting import WEIGHTING
 
@@ -352,6 +400,10 @@ def load_spec(
             _component(e, WEIGHTING, f"weighting[{i}]", source)
             for i, e in enumerate(parsed.weighting)
         ),
+        sampling=tuple(
+            _component(e, SAMPLING, f"sampling[{i}]", source)
+            for i, e in enumerate(parsed.sampling)
+        ),
         model=parsed.model,
         train=parsed.train,
         probes=parsed.probes,
@@ -368,6 +420,8 @@ def load_spec(
         plugins=tuple(parsed.plugins),
         include=tuple(parsed.include),
         exclude=tuple(parsed.exclude),
+        train_variants=_train_variants(parsed, dict(raw.get("train", {})), source),
+        train_grid=dict(parsed.train_grid),
     )
     for axis, values in (("seeds", spec.seeds),):
         if len(set(values)) != len(values):

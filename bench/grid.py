@@ -39,13 +39,16 @@ class TrialSpec:
     train: dict[str, Any]
     tasks: tuple[str, ...] | None = None  # None: all of the dataset's tasks
     probes: dict[str, Any] = field(default_factory=dict)  # training-time probes (0 = off)
+    # Task-sampling policy; multi-task trials on multi-input data only (None elsewhere,
+    # and then absent from the id, so single-input ids do not depend on the axis).
+    sampling: Component | None = None
 
     @property
     def is_baseline(self) -> bool:
         return self.sharing.name == BASELINE_SHARING and self.tasks is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "dataset": self.dataset.to_dict(),
             "sharing": self.sharing.to_dict(),
             "weighting": self.weighting.to_dict(),
@@ -55,6 +58,9 @@ class TrialSpec:
             "tasks": list(self.tasks) if self.tasks is not None else None,
             "probes": self.probes,
         }
+        if self.sampling is not None:
+            out["sampling"] = self.sampling.to_dict()
+        return out
 
     @property
     def id(self) -> str:
@@ -71,6 +77,8 @@ class TrialSpec:
             train=d["train"],
             tasks=tuple(d["tasks"]) if d.get("tasks") is not None else None,
             probes=d.get("probes", {}),
+            sampling=(Component(d["sampling"]["name"], d["sampling"]["params"])
+                      if d.get("sampling") is not None else None),
         )
 
 
@@ -91,6 +99,7 @@ def baseline_of(spec: TrialSpec, task: str) -> TrialSpec:
         train=spec.train,
         tasks=(task,),
         probes={},  # single-task trials have nothing to probe
+        sampling=None,  # one task: every sample of a step is its own
     )
 
 
@@ -155,6 +164,12 @@ def _matched_model(
             "reference": reference}
 
 
+def _is_multi_input(ds: Component) -> bool:
+    from bench import data
+
+    return data.load(ds.name, **ds.params).multi_input
+
+
 def _has_baselines(ds: Component) -> bool:
     """Objective tasks (toy landscapes) have no data to train a single-task model on."""
     from bench import data
@@ -168,6 +183,15 @@ def _check_compatible(spec: TrialSpec, source: str) -> None:
     from strategies.weighting import WEIGHTING
 
     strategy = WEIGHTING.get(spec.weighting.name)
+    try:  # hyperparameters that depend on the task count (e.g. FAMO's min_losses)
+        import torch
+
+        num_tasks = len(spec.tasks) if spec.tasks is not None else len(task_names(spec.dataset))
+        WEIGHTING.create(spec.weighting.name, **spec.weighting.params).reset(
+            num_tasks, torch.device("cpu"), seed=spec.seed)
+    except ValueError as err:
+        raise ConfigError(f"{source}: weighting '{spec.weighting.name}' on dataset "
+                          f"'{spec.dataset.name}': {err}") from None
     if strategy.needs != "jacobian":
         return
     try:
@@ -183,15 +207,16 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
     Raises ``ConfigError`` when the filters leave nothing to run.
     """
     model = sweep.model.model_dump()
-    train = sweep.train.model_dump()
+    variants = [t.model_dump() for t in (sweep.train_variants or (sweep.train,))]
     probes = {k: v for k, v in sweep.probes.model_dump().items() if v}
     matched: dict[tuple[str, ...], dict[str, Any]] = {}
     trials: dict[str, TrialSpec] = {}
     baselines: dict[str, TrialSpec] = {}
-    for ds, sh, wt, seed in itertools.product(
-        sweep.datasets, sweep.sharing, sweep.weighting, sweep.seeds
+    for train, ds, sh, wt, seed, sampling in itertools.product(
+        variants, sweep.datasets, sweep.sharing, sweep.weighting, sweep.seeds, sweep.sampling
     ):
-        combo = {"dataset": ds.name, "sharing": sh.name, "weighting": wt.name, "seed": seed}
+        combo = {"dataset": ds.name, "sharing": sh.name, "weighting": wt.name, "seed": seed,
+                 "sampling": sampling.name}
         if sweep.include and not any(f.matches(combo) for f in sweep.include):
             continue
         if any(f.matches(combo) for f in sweep.exclude):
@@ -200,7 +225,10 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
         if key not in matched:
             _build_check(ds, sh, model, sweep.source)
             matched[key] = _matched_model(ds, sh, model, sweep.source)
-        spec = TrialSpec(ds, sh, wt, seed, matched[key], train, probes=probes)
+        if not _is_multi_input(ds):
+            sampling = None  # the axis only applies to multi-input data; trials dedupe
+        spec = TrialSpec(ds, sh, wt, seed, matched[key], train, probes=probes,
+                         sampling=sampling)
         if sh.name != BASELINE_SHARING:
             _check_compatible(spec, sweep.source)
             trials.setdefault(spec.id, spec)

@@ -278,10 +278,11 @@ def _dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFram
                  seeds=row["seeds"])
         rows.append(row)
         raw.append(r)
-    base = test[test["baseline_task"].notna()]
-    if not base.empty:
-        row = {"sharing": "stl (baselines)", "weighting": "—"}
-        r = {"sharing": "stl", "weighting": "ew"}
+    # One baseline row per training recipe (a train_grid gives each value its baselines).
+    recipes = list(test[test["baseline_task"].notna()].groupby("weighting", sort=True))
+    for label, base in recipes:
+        row = {"sharing": "stl (baselines)", "weighting": label if len(recipes) > 1 else "—"}
+        r = {"sharing": "stl", "weighting": label}
         for t in tasks:
             per_seed = base[(base["task"] == t) & (base["metric"] == primary[t])]
             per_seed = per_seed.groupby("seed")["value"].first()

@@ -18,7 +18,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +158,12 @@ def _label(component: dict[str, Any], registry_defaults: dict[str, Any] | None) 
 
 def _defaults(kind: str, name: str) -> dict[str, Any] | None:
     from bench.data import DATASETS
+    from bench.sampling import SAMPLING
     from strategies.sharing import SHARING
     from strategies.weighting import WEIGHTING
 
-    registry = {"dataset": DATASETS, "sharing": SHARING, "weighting": WEIGHTING}[kind]
+    registry = {"dataset": DATASETS, "sharing": SHARING, "weighting": WEIGHTING,
+                "sampling": SAMPLING}[kind]
     if name not in registry:
         return None
     return {h.name: h.default for h in registry.hyperparameters(name)}
@@ -174,11 +176,34 @@ COLUMNS = [
 ]
 
 
+def _varying_train_keys(records: list[dict[str, Any]]) -> list[str]:
+    """Training settings that differ between the run's trials (a ``train_grid`` axis)."""
+    values: dict[str, set[str]] = {}
+    for rec in records:
+        for key, value in rec["spec"]["train"].items():
+            values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
+    return sorted(k for k, v in values.items() if len(v) > 1)
+
+
+def weighting_label(spec: dict[str, Any], varying_train: Sequence[str] = ()) -> str:
+    """The weighting label of a trial, with what else varies in the sweep's training
+    recipe after `` @``: the task-sampling policy (multi-input data) and the
+    ``train_grid`` values, e.g. ``ew @proportional`` or ``ls(weights=[1, 0]) @lr=0.01``."""
+    label = _label(spec["weighting"], _defaults("weighting", spec["weighting"]["name"]))
+    extra = []
+    if spec.get("sampling") is not None:
+        extra.append(_label(spec["sampling"], _defaults("sampling", spec["sampling"]["name"])))
+    extra += [f"{k}={spec['train'][k]}" for k in varying_train]
+    return f"{label} @{','.join(extra)}" if extra else label
+
+
 def load(run_dir: str | Path) -> pd.DataFrame:
     """Tidy table of a run: one row per trial x task x split x metric.
 
-    Axis columns hold labels (name plus non-default hyperparameters). Trials that
-    did not finish ``ok`` contribute one row with ``task``/``value`` empty.
+    Axis columns hold labels (name plus non-default hyperparameters; the weighting
+    label also names the sampling policy and ``train_grid`` values, see
+    :func:`weighting_label`). Trials that did not finish ``ok`` contribute one row with
+    ``task``/``value`` empty.
     """
     store = RunStore(run_dir)
     if not store.trials_dir.is_dir():
@@ -186,16 +211,16 @@ def load(run_dir: str | Path) -> pd.DataFrame:
     from bench.grid import TrialSpec, baseline_of
 
     rows: list[dict[str, Any]] = []
-    for rec in store.records():
+    records = list(store.records())
+    varying = _varying_train_keys(records)
+    for rec in records:
         spec = rec["spec"]
         trial = TrialSpec.from_dict(spec)
         base = {
             "trial_id": rec["id"],
             "dataset": _label(spec["dataset"], _defaults("dataset", spec["dataset"]["name"])),
             "sharing": _label(spec["sharing"], _defaults("sharing", spec["sharing"]["name"])),
-            "weighting": _label(
-                spec["weighting"], _defaults("weighting", spec["weighting"]["name"])
-            ),
+            "weighting": weighting_label(spec, varying),
             "seed": spec["seed"],
             "baseline_task": spec["tasks"][0] if spec.get("tasks") else None,
             "status": rec["status"],

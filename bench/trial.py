@@ -18,11 +18,19 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import data
-from bench.data import MTLDataset, Split
+from bench.config import Component
+from bench.data import AnyDataset, Split
 from bench.engine import ENGINES, StepContext, train_step
 from bench.environment import collect, resolve_device
 from bench.grid import TrialSpec
 from bench.probes import build_probes
+from bench.sampling import (
+    DEFAULT_SAMPLING,
+    SAMPLING,
+    Feeder,
+    MultiInputFeeder,
+    SingleInputFeeder,
+)
 from bench.tasks import Task
 from strategies import sharing, weighting
 from strategies.sharing.base import BackboneSpec, SharingArchitecture
@@ -78,9 +86,19 @@ def _optimizer(params: list[torch.Tensor], train: dict[str, Any]) -> torch.optim
 
 @torch.no_grad()
 def evaluate(
-    model: SharingArchitecture, tasks: tuple[Task, ...], split: Split, batch_size: int
+    model: SharingArchitecture,
+    tasks: tuple[Task, ...],
+    split: Split | dict[str, Split],
+    batch_size: int,
 ) -> tuple[dict[str, dict[str, float]], torch.Tensor]:
-    """Per-task metrics and the (T,) mean loss on a whole split."""
+    """Per-task metrics and the (T,) mean loss on a whole split.
+
+    ``split``: one :class:`Split` labelled for every task, or (multi-input data) one
+    per task, each task scored on its own samples."""
+    if isinstance(split, dict):
+        parts = [evaluate(model, (t,), split[t.name], batch_size) for t in tasks]
+        metrics = {name: m for part, _ in parts for name, m in part.items()}
+        return metrics, torch.cat([losses for _, losses in parts])
     model.eval()
     outputs: dict[str, list[torch.Tensor]] = {t.name: [] for t in tasks}
     for start in range(0, len(split), batch_size):
@@ -106,10 +124,46 @@ def flops_per_sample(model: SharingArchitecture, x: torch.Tensor) -> int:
     return int(counter.get_total_flops() // max(len(x), 1))
 
 
-def _select_tasks(dataset: MTLDataset, names: tuple[str, ...] | None) -> tuple[Task, ...]:
+def _select_tasks(dataset: AnyDataset, names: tuple[str, ...] | None) -> tuple[Task, ...]:
     if names is None:
         return dataset.tasks
     return tuple(dataset.task(n) for n in names)
+
+
+def _splits(
+    dataset: AnyDataset, tasks: tuple[Task, ...], device: torch.device
+) -> dict[str, Split | dict[str, Split]]:
+    """train/val/test on ``device``, restricted to ``tasks``: one Split (single-input
+    data) or one Split per task (multi-input data)."""
+    out: dict[str, Split | dict[str, Split]] = {}
+    for name in ("train", "val", "test"):
+        if dataset.multi_input:
+            out[name] = {t.name: dataset.split_of(name, t.name).to(device) for t in tasks}
+        else:
+            s = getattr(dataset, name)
+            out[name] = Split(s.x, {t.name: s.y[t.name] for t in tasks}).to(device)
+    return out
+
+
+def make_feeder(
+    spec: TrialSpec,
+    tasks: tuple[Task, ...],
+    train_split: Split | dict[str, Split],
+    generator: torch.Generator,
+) -> Feeder:
+    """The trial's minibatches: plain batches, or the spec's task-sampling policy."""
+    batch_size = spec.train["batch_size"]
+    if isinstance(train_split, Split):
+        return SingleInputFeeder(tasks, train_split, batch_size, generator)
+    policy = spec.sampling or Component(DEFAULT_SAMPLING, {})
+    return MultiInputFeeder(tasks, train_split, batch_size, generator,
+                            SAMPLING.create(policy.name, **policy.params))
+
+
+def _first_inputs(split: Split | dict[str, Split], n: int) -> torch.Tensor:
+    if isinstance(split, Split):
+        return split.x[:n]
+    return next(iter(split.values())).x[:n]
 
 
 def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
@@ -124,10 +178,8 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
     torch.set_num_threads(train.get("threads", 1))
     dataset = data.load(spec.dataset.name, **spec.dataset.params)
     tasks = _select_tasks(dataset, spec.tasks)
-    train_split, val_split, test_split = (
-        Split(s.x, {t.name: s.y[t.name] for t in tasks}).to(device)
-        for s in (dataset.train, dataset.val, dataset.test)
-    )
+    splits = _splits(dataset, tasks, device)
+    train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
 
     torch.manual_seed(spec.seed)
     backbone = BackboneSpec(
@@ -159,12 +211,10 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
         task_specific=[p for p in model.parameters() if id(p) not in shared_ids],
     )
 
-    def compute_losses(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.stack([t.loss(out[t.name], y[t.name]) for t in tasks])
-
     order = torch.Generator().manual_seed(spec.seed)  # minibatch order, independent of init
-    n, batch_size = len(train_split), train["batch_size"]
-    steps_per_epoch = math.ceil(n / batch_size)
+    feeder = make_feeder(spec, tasks, train_split, order)
+    compute_losses = feeder.losses
+    steps_per_epoch = feeder.steps_per_epoch
     extra_batches = strategy.batches_per_step - 1
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
@@ -173,21 +223,18 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
     # Index of the first step with a non-finite loss, kept on the device (no per-step sync).
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
 
-    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return train_split.x[idx], {k: v[idx] for k, v in train_split.y.items()}
-
     for epoch in range(train["epochs"]):
         start = time.perf_counter()
         loss_sum = torch.zeros(len(tasks), device=device)
         weight_sum: torch.Tensor | None = None
-        perm = torch.randperm(n, generator=order).to(device)
+        feeder.start_epoch()
         for step in range(steps_per_epoch):
             global_step = epoch * steps_per_epoch + step
             if deadline is not None and time.perf_counter() > deadline:
                 raise TrialTimeout(f"time limit reached at step {global_step} (epoch {epoch})")
-            batches = [batch(perm[step * batch_size : (step + 1) * batch_size])]
-            for _ in range(extra_batches):  # independent batches for multi-batch methods
-                batches.append(batch(torch.randint(n, (batch_size,), generator=order).to(device)))
+            batches = [feeder.batch(step)]
+            # Independent batches for strategies that use several per step.
+            batches += [feeder.random_batch() for _ in range(extra_batches)]
             for probe in probes:
                 probe.observe(global_step, model, shared, batches[0], compute_losses)
             losses = train_step(ctx, batches, compute_losses)
@@ -234,14 +281,15 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
         "tasks": [t.name for t in tasks],
         "parameters": model.parameter_count(),
         "shared_parameters": sum(p.numel() for p in shared),
-        "flops_per_sample": flops_per_sample(model, val_split.x[:8]),
+        "flops_per_sample": flops_per_sample(model, _first_inputs(val_split, 8)),
         "architecture_stats": architecture_stats,
         "probes": {p.name: p.result() for p in probes},
         "timing": {
             "train_s": train_seconds,
             "steps": total_steps,
             "step_s": train_seconds / total_steps,
-            "samples_per_s": n * train["epochs"] / train_seconds if train_seconds > 0 else None,
+            "samples_per_s": (feeder.num_samples * train["epochs"] / train_seconds
+                              if train_seconds > 0 else None),
         },
         "env": collect(device),
     }

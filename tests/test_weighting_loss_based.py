@@ -71,7 +71,7 @@ def test_resolve_fills_defaults():
     for name in ["si", "gls", "rlw"]:
         assert WEIGHTING.resolve(name, {}) == {}
     assert WEIGHTING.resolve("stch", {}) == {"mu": 1.0, "warmup_epoch": 4, "preference": None}
-    assert WEIGHTING.resolve("famo", {}) == {"gamma": 0.01, "w_lr": 0.025}
+    assert WEIGHTING.resolve("famo", {}) == {"gamma": 0.01, "w_lr": 0.025, "min_losses": None}
     assert WEIGHTING.resolve("db_mtl", {}) == {"beta": 0.9, "beta_sigma": 0.0}
     assert WEIGHTING.resolve("gradnorm", {}) == {"alpha": 1.5, "lr": 1e-3}
     # A TOML list (or a replayed JSON array) becomes a tuple; integers become floats.
@@ -628,3 +628,38 @@ def test_per_step_paths_do_not_synchronize_with_the_host():
             step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_famo_min_losses_shift_the_log_losses(device):
+    """With min_losses m, FAMO works on log(L - m + eps): negative losses stay finite."""
+    m = [-21.0, -2.5]
+    famo = make("famo", 2, device, min_losses=m)
+    values = [-19.0, -1.5]  # below zero, above the minimum
+    losses = tensor(values, device, grad=True)
+    total = famo.combine(losses)
+    shifted = [v - mi + 1e-8 for v, mi in zip(values, m, strict=True)]
+    c = sum(0.5 / d for d in shifted)
+    assert total.item() == pytest.approx(sum(0.5 * math.log(d) for d in shifted) / c)
+    prev, curr = tensor(values, device), tensor([-19.5, -1.875], device)
+    logits = famo.logits.detach().to(F64)
+    famo.post_step(curr)
+    official = official_famo_logit_gradient(logits, prev, curr, tensor(m, device))
+    assert torch.isfinite(famo.logits).all()
+    # The first Adam step moves each logit by -lr * sign(gradient).
+    assert torch.equal(torch.sign(famo.logits.detach().to(F64)), -torch.sign(official))
+
+
+def test_famo_min_losses_must_match_the_task_count(write_spec):
+    from bench.config import load_spec
+    from bench.errors import ConfigError
+    from bench.grid import expand
+
+    spec = write_spec("""
+        name = "famo_m"
+        datasets = [{ name = "conflict", num_tasks = 3, num_train = 64 }]
+        sharing = ["hps"]
+        weighting = [{ name = "famo", min_losses = [0.0, 0.0] }]
+    """)
+    with pytest.raises(ConfigError, match="min_losses has 2 values for 3 tasks"):
+        expand(load_spec(spec))

@@ -45,18 +45,27 @@ Producing negative transfer on purpose:
 
 Sizes are per split; samples are generated in the order train, val, test from
 ``numpy.random.default_rng(data_seed)``.
+
+Multi-input mode (``separate_inputs=True``): each task gets its own samples (a
+:class:`~bench.data.MultiInputDataset`), drawn from the same generator; task ``t`` has
+a training-set size going linearly from ``num_train`` (task 1) to ``num_train_last``
+(task T; default ``num_train``), and ``num_val``/``num_test`` samples in the other
+splits. Real imbalance in sample counts replaces the label permutation, which is off
+(``label_fraction_last`` must stay 1). Regression targets are z-scored per task on its
+own training samples.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from bench.data import DATASETS, MTLDataset, Split
+from bench.data import DATASETS, MTLDataset, MultiInputDataset, Split
 from bench.errors import ConfigError
 from bench.tasks import Task
 
@@ -104,12 +113,24 @@ def conflict(
     num_val: Annotated[int, Field(ge=1)] = 1000,
     num_test: Annotated[int, Field(ge=1)] = 1000,
     data_seed: Annotated[int, Field(ge=0)] = 0,
-) -> MTLDataset:
+    separate_inputs: bool = False,
+    num_train_last: Annotated[int, Field(ge=2)] | None = None,
+) -> MTLDataset | MultiInputDataset:
     """Synthetic tasks with a controllable conflict angle, label noise and label imbalance."""
     if input_dim < num_tasks + 2:
         raise ConfigError(
             f"dataset 'conflict': input_dim must be >= num_tasks + 2 = {num_tasks + 2} "
             f"(got {input_dim})"
+        )
+    if not separate_inputs and num_train_last is not None:
+        raise ConfigError(
+            "dataset 'conflict': num_train_last needs separate_inputs = true (with shared "
+            "inputs every task has every sample; use label_fraction_last)"
+        )
+    if separate_inputs and label_fraction_last != 1.0:
+        raise ConfigError(
+            "dataset 'conflict': label_fraction_last applies to shared inputs only; with "
+            "separate_inputs use num_train_last for imbalance"
         )
     rng = np.random.default_rng(data_seed)
     weights = task_weights(rng, num_tasks, input_dim, angle, private)
@@ -124,6 +145,12 @@ def conflict(
         if kind == "binary":
             y = (y > 0).astype(np.float64)
         return x, y
+
+    names = [f"t{i + 1}" for i in range(num_tasks)]
+    if separate_inputs:
+        last = num_train if num_train_last is None else num_train_last
+        train_sizes = np.rint(_ramp(num_train, last, num_tasks)).astype(int).tolist()
+        return _separate(names, kind, generate, train_sizes, num_val, num_test)
 
     raw = {s: generate(n) for s, n in (("train", num_train), ("val", num_val), ("test", num_test))}
     # Imbalance: permute the labels of a random (1 - f_t) share of the training samples.
@@ -140,8 +167,6 @@ def conflict(
     else:
         mean, std = np.zeros(num_tasks), np.ones(num_tasks)
 
-    names = [f"t{i + 1}" for i in range(num_tasks)]
-
     def to_split(x: np.ndarray, y: np.ndarray) -> Split:
         y = (y - mean) / std
         return Split(
@@ -153,4 +178,29 @@ def conflict(
         name="conflict",
         tasks=tuple(Task(t, kind) for t in names),
         **{s: to_split(*raw[s]) for s in ("train", "val", "test")},
+    )
+
+
+def _separate(
+    names: list[str],
+    kind: str,
+    generate: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    train_sizes: list[int],
+    num_val: int,
+    num_test: int,
+) -> MultiInputDataset:
+    """Multi-input variant: task ``t`` keeps only its own label column of its own samples."""
+    splits: dict[str, dict[str, Split]] = {"train": {}, "val": {}, "test": {}}
+    for t, name in enumerate(names):
+        raw = {s: generate(n)
+               for s, n in (("train", train_sizes[t]), ("val", num_val), ("test", num_test))}
+        y_train = raw["train"][1][:, t]
+        mean, std = (y_train.mean(), y_train.std() or 1.0) if kind == "regression" else (0.0, 1.0)
+        for split, (x, y) in raw.items():
+            splits[split][name] = Split(
+                torch.from_numpy(x.astype(np.float32)),
+                {name: torch.from_numpy(((y[:, t] - mean) / std).astype(np.float32))},
+            )
+    return MultiInputDataset(
+        name="conflict", tasks=tuple(Task(n, kind) for n in names), **splits  # type: ignore[arg-type]
     )

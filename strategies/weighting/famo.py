@@ -6,7 +6,8 @@ https://github.com/Cranial-XIX/FAMO (``famo.py``; the same rule as its
 ``methods/weight_methods.py`` and LibMTL's ``FAMO``).
 
 Task logits xi (zeros at the start) give weights z = softmax(xi). With the minimum losses
-``m`` (0, as in the official code) and ``D_t = L_t - m_t + 1e-8``, each step minimises
+``m`` (``min_losses``; 0 by default, as in the official code) and
+``D_t = L_t - m_t + 1e-8``, each step minimises
 
     L = sum_t z_t log D_t / c,    c = sum_t z_t / D_t  (a constant: no gradient),
 
@@ -26,6 +27,10 @@ Hyperparameters and defaults are the official code's (``famo.py`` and the experi
 argument parser): ``w_lr = 0.025`` (Adam learning rate of xi) and ``gamma = 0.01`` (Adam
 weight decay of xi). LibMTL uses gamma = 1e-3, as does the official QM9 script; CelebA
 uses 0.01. The Adam optimiser is ``torch.optim.Adam`` with its defaults, as in the code.
+
+``min_losses`` must lie below every loss the task can reach: the official toy script sets
+it to ``(-21 * scale, -21)`` for the CAGrad landscape, whose losses go negative, and runs
+with ``gamma = 0``.
 
 Deviation: the official code also clips the norm of the shared parameters' gradient to
 ``max_norm = 1.0`` after the backward pass. A loss-based strategy in this harness does not
@@ -70,10 +75,12 @@ class FAMO(LossWeighting):
         *,
         gamma: Annotated[float, pydantic.Field(ge=0, allow_inf_nan=False)] = 0.01,
         w_lr: Annotated[float, pydantic.Field(gt=0, allow_inf_nan=False)] = 0.025,
+        min_losses: list[Annotated[float, pydantic.Field(allow_inf_nan=False)]] | None = None,
     ) -> None:
         super().__init__()
         self.gamma = gamma
         self.w_lr = w_lr
+        self.min_losses_init = min_losses
         self.logits: torch.Tensor | None = None  # xi
         self.min_losses: torch.Tensor | None = None  # m
         self._optimizer: torch.optim.Adam | None = None
@@ -82,7 +89,13 @@ class FAMO(LossWeighting):
     def reset(self, num_tasks: int, device: torch.device, seed: int = 0) -> None:
         super().reset(num_tasks, device, seed)
         self.logits = torch.zeros(num_tasks, device=device, requires_grad=True)
-        self.min_losses = torch.zeros(num_tasks, device=device)
+        if self.min_losses_init is None:
+            self.min_losses = torch.zeros(num_tasks, device=device)
+        elif len(self.min_losses_init) != num_tasks:
+            raise ValueError(f"famo: min_losses has {len(self.min_losses_init)} values for "
+                             f"{num_tasks} tasks")
+        else:
+            self.min_losses = torch.tensor(self.min_losses_init, device=device)
         self._optimizer = torch.optim.Adam([self.logits], lr=self.w_lr, weight_decay=self.gamma)
         self._previous = None
 

@@ -1,0 +1,253 @@
+"""Minibatches of a trial: single-input batches, and task sampling for multi-input data.
+
+Single-input datasets (every sample has every task's label) are read in a fresh seeded
+permutation each epoch. Multi-input datasets (:class:`~bench.data.MultiInputDataset`:
+each task has its own samples) are read as the zip of per-task loaders: every step
+holds samples of every task, so every weighting strategy sees one loss per task per
+step. A *task-sampling policy* (a sweep axis, ``sampling = [...]``) decides each task's
+share of the step:
+
+- ``round_robin``: equal shares, ``train.batch_size`` samples of every task per step
+  (LibMTL's multi-input mode); small tasks are cycled through more often;
+- ``proportional``: shares proportional to the tasks' training-set sizes ("examples-
+  proportional mixing", Raffel et al. 2020, https://arxiv.org/abs/1910.10683, Sec. 3.5.2);
+  every task's data is read once per epoch;
+- ``temperature``: shares proportional to ``n_t ** (1 / temperature)`` (Arivazhagan et
+  al. 2019, https://arxiv.org/abs/1907.05019; Raffel et al. 2020): 1 is proportional,
+  large values approach equal shares.
+
+Every policy fills ``batch_size * T`` samples per step and an epoch is
+``ceil(sum_t n_t / (batch_size * T))`` steps, so all policies train on the same number
+of samples: a sweep over policies compares them at equal compute. Shares become integer
+counts by largest remainders, with at least one sample per task, and stay fixed for
+the trial (deterministic mixing rather than a random draw of tasks per sample, so that
+no step lacks a task). Each task's stream is a sequence of seeded permutations of its
+training set, consumed across epoch boundaries.
+
+The step's samples of all tasks go through the network in one forward pass (inputs
+concatenated, task ``t``'s loss on its own slice of the output), so shared layers run
+once per sample; architectures must not mix samples within a batch (none here uses
+batch normalisation).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Annotated
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from bench.data import Split
+from bench.registry import Registry
+from bench.tasks import Task
+
+__all__ = [
+    "DEFAULT_SAMPLING",
+    "SAMPLING",
+    "Batch",
+    "Feeder",
+    "MultiInputFeeder",
+    "Proportional",
+    "RoundRobin",
+    "SamplingPolicy",
+    "SingleInputFeeder",
+    "Temperature",
+    "allocate",
+]
+
+DEFAULT_SAMPLING = "round_robin"
+
+Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+class SamplingPolicy(ABC):
+    """How the samples of one training step are shared among tasks of different sizes."""
+
+    @abstractmethod
+    def shares(self, sizes: Sequence[int]) -> np.ndarray:
+        """Fraction of each step given to each task (non-negative, summing to 1)."""
+
+
+SAMPLING: Registry = Registry("sampling policy")
+
+
+@SAMPLING.register("round_robin")
+class RoundRobin(SamplingPolicy):
+    """Equal shares: every task gives ``batch_size`` samples to every step (zip of loaders)."""
+
+    def shares(self, sizes: Sequence[int]) -> np.ndarray:
+        return np.full(len(sizes), 1.0 / len(sizes))
+
+
+@SAMPLING.register("proportional")
+class Proportional(SamplingPolicy):
+    """Shares proportional to training-set size (Raffel et al. 2020, arXiv:1910.10683)."""
+
+    def shares(self, sizes: Sequence[int]) -> np.ndarray:
+        n = np.asarray(sizes, dtype=np.float64)
+        return n / n.sum()
+
+
+@SAMPLING.register("temperature")
+class Temperature(SamplingPolicy):
+    """Shares proportional to ``n_t ** (1 / temperature)`` (Arivazhagan et al. 2019,
+    arXiv:1907.05019): 1 is proportional, larger values flatten towards equal shares."""
+
+    def __init__(self, *, temperature: Annotated[float, Field(gt=0.0, le=1e6)] = 2.0) -> None:
+        self.temperature = temperature
+
+    def shares(self, sizes: Sequence[int]) -> np.ndarray:
+        n = np.asarray(sizes, dtype=np.float64)
+        # In log space: n ** (1/T) overflows for small T.
+        logits = np.log(n) / self.temperature
+        p = np.exp(logits - logits.max())
+        return p / p.sum()
+
+
+def allocate(shares: Sequence[float], total: int) -> list[int]:
+    """Integer counts summing to ``total``, close to ``shares * total``, each at least 1.
+
+    Largest-remainder rounding after giving every task its floor (at least 1)."""
+    p = np.asarray(shares, dtype=np.float64)
+    if total < len(p):
+        raise ValueError(f"a step of {total} samples cannot hold {len(p)} tasks")
+    raw = p / p.sum() * total
+    counts = np.maximum(1, np.floor(raw)).astype(np.int64)
+    while counts.sum() < total:  # hand out the rest by largest remainder
+        counts[int(np.argmax(raw - counts))] += 1
+    while counts.sum() > total:  # the minimum of 1 overshot: take from the most over-served
+        over = np.where(counts > 1, counts - raw, -np.inf)
+        counts[int(np.argmax(over))] -= 1
+    return counts.tolist()
+
+
+class Feeder(ABC):
+    """The training minibatches of one trial, and the loss of a batch per task."""
+
+    tasks: tuple[Task, ...]
+    steps_per_epoch: int
+    num_samples: int  # training samples read per epoch
+
+    @abstractmethod
+    def start_epoch(self) -> None:
+        """Prepare the epoch's order of samples."""
+
+    @abstractmethod
+    def batch(self, step: int) -> Batch:
+        """Minibatch ``step`` (``0 <= step < steps_per_epoch``) of the current epoch."""
+
+    @abstractmethod
+    def random_batch(self) -> Batch:
+        """An independent random minibatch (for strategies using several per step)."""
+
+    @abstractmethod
+    def losses(self, out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(T,) mean loss of each task on its samples of the batch."""
+
+
+class SingleInputFeeder(Feeder):
+    """Minibatches of ``batch_size`` from a fresh seeded permutation every epoch."""
+
+    def __init__(
+        self, tasks: Sequence[Task], split: Split, batch_size: int, generator: torch.Generator
+    ) -> None:
+        self.tasks = tuple(tasks)
+        self.split = split
+        self.batch_size = batch_size
+        self.generator = generator
+        self.num_samples = len(split)
+        self.steps_per_epoch = math.ceil(self.num_samples / batch_size)
+        self.device = split.x.device
+        self._perm = torch.empty(0, dtype=torch.long)
+
+    def _take(self, idx: torch.Tensor) -> Batch:
+        return self.split.x[idx], {k: v[idx] for k, v in self.split.y.items()}
+
+    def start_epoch(self) -> None:
+        self._perm = torch.randperm(self.num_samples, generator=self.generator).to(self.device)
+
+    def batch(self, step: int) -> Batch:
+        return self._take(self._perm[step * self.batch_size : (step + 1) * self.batch_size])
+
+    def random_batch(self) -> Batch:
+        idx = torch.randint(self.num_samples, (self.batch_size,), generator=self.generator)
+        return self._take(idx.to(self.device))
+
+    def losses(self, out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([t.loss(out[t.name], y[t.name]) for t in self.tasks])
+
+
+class _Stream:
+    """Endless seeded permutations of ``range(n)``, consumed ``k`` indices at a time."""
+
+    def __init__(self, n: int, generator: torch.Generator, device: torch.device) -> None:
+        self.n, self.generator, self.device = n, generator, device
+        self.buffer = torch.empty(0, dtype=torch.long, device=device)
+        self.position = 0
+
+    def take(self, k: int) -> torch.Tensor:
+        while self.buffer.numel() - self.position < k:
+            fresh = torch.randperm(self.n, generator=self.generator).to(self.device)
+            self.buffer = torch.cat([self.buffer[self.position :], fresh])
+            self.position = 0
+        out = self.buffer[self.position : self.position + k]
+        self.position += k
+        return out
+
+
+class MultiInputFeeder(Feeder):
+    """Steps of ``batch_size * T`` samples shared among tasks by a :class:`SamplingPolicy`.
+
+    A batch's inputs are the tasks' samples concatenated in task order; ``counts[t]`` of
+    them belong to task ``t`` in every step."""
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        splits: dict[str, Split],
+        batch_size: int,
+        generator: torch.Generator,
+        policy: SamplingPolicy,
+    ) -> None:
+        self.tasks = tuple(tasks)
+        self.splits = [splits[t.name] for t in self.tasks]
+        sizes = [len(s) for s in self.splits]
+        if min(sizes) < 1:
+            raise ValueError("every task needs at least one training sample")
+        per_step = batch_size * len(self.tasks)
+        self.counts = allocate(policy.shares(sizes), per_step)
+        self.bounds = np.concatenate([[0], np.cumsum(self.counts)]).tolist()
+        self.num_samples = sum(sizes)
+        self.steps_per_epoch = math.ceil(self.num_samples / per_step)
+        self.generator = generator
+        device = self.splits[0].x.device
+        self.streams = [_Stream(n, generator, device) for n in sizes]
+
+    def _take(self, indices: Sequence[torch.Tensor]) -> Batch:
+        x = torch.cat([s.x[i] for s, i in zip(self.splits, indices, strict=True)])
+        y = {t.name: s.y[t.name][i] for t, s, i in zip(self.tasks, self.splits, indices,
+                                                        strict=True)}
+        return x, y
+
+    def start_epoch(self) -> None:
+        pass  # streams run across epochs: no task restarts its permutation early
+
+    def batch(self, step: int) -> Batch:
+        return self._take([s.take(k) for s, k in zip(self.streams, self.counts, strict=True)])
+
+    def random_batch(self) -> Batch:
+        device = self.splits[0].x.device
+        return self._take([
+            torch.randint(len(s), (k,), generator=self.generator).to(device)
+            for s, k in zip(self.splits, self.counts, strict=True)
+        ])
+
+    def losses(self, out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([
+            t.loss(out[t.name][self.bounds[i] : self.bounds[i + 1]], y[t.name])
+            for i, t in enumerate(self.tasks)
+        ])
