@@ -34,7 +34,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     lst = sub.add_parser("list", help="list registered components")
-    lst.add_argument("kind", choices=["weighting", "sharing", "datasets", "presets"])
+    lst.add_argument("kind", choices=["weighting", "sharing", "datasets", "sampling", "presets"])
     lst.add_argument("--names", action="store_true", help="bare names, one per line")
 
     run = sub.add_parser("run", help="run a sweep (resumes: finished trials are skipped)")
@@ -62,16 +62,33 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dataset_inputs(names: list[str]) -> dict[str, str]:
+    """"single", "multi" (each task its own samples) or "both" (a parameter chooses),
+    read from each loader's return annotation, so nothing is loaded."""
+    import inspect
+
+    from bench.data import DATASETS
+
+    out = {}
+    for n in names:
+        returns = str(inspect.signature(DATASETS.get(n)).return_annotation)
+        multi, single = "MultiInputDataset" in returns, "MTLDataset" in returns
+        out[n] = "both" if multi and single else "multi" if multi else "single"
+    return out
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from bench.config import preset_names
     from bench.data import DATASETS
+    from bench.sampling import SAMPLING
     from strategies.sharing import SHARING
     from strategies.weighting import WEIGHTING
 
     if args.kind == "presets":
         print("\n".join(preset_names()))
         return 0
-    registry = {"weighting": WEIGHTING, "sharing": SHARING, "datasets": DATASETS}[args.kind]
+    registry = {"weighting": WEIGHTING, "sharing": SHARING, "datasets": DATASETS,
+                "sampling": SAMPLING}[args.kind]
     names = registry.names()
     if args.names:
         print("\n".join(names))
@@ -88,12 +105,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
         from bench.data.common import availability
 
         status = availability()
-        extra = {n: "installed" if status.get(n) is None else f"missing: {status[n]}"
+        extra = {n: ("installed" if status.get(n) is None else f"missing: {status[n]}")
                  for n in names}
         headers.append("status")
+        headers.insert(1, "inputs")
+        inputs = _dataset_inputs(names)
     rows = [
         [
             n,
+            *([inputs[n]] if args.kind == "datasets" else []),
             registry.summary(n),
             ", ".join(f"{h.name}={h.default!r}" for h in registry.hyperparameters(n)) or "—",
             *([extra[n]] if extra else []),

@@ -35,6 +35,12 @@ def test_list_names(capsys):
     assert main(["list", "datasets"]) == 0
     out = capsys.readouterr().out
     assert "mmoe_synthetic" in out and "correlation=0.5" in out
+    inputs = {line.split()[0]: line.split()[1] for line in out.splitlines()
+              if line[:1].isalpha() and not line.startswith("name")}
+    assert inputs["mmoe_synthetic"] == "single" and inputs["conflict"] == "both"
+    assert inputs["mnist_fashion"] == "multi"
+    assert main(["list", "sampling", "--names"]) == 0
+    assert capsys.readouterr().out.split() == ["proportional", "round_robin", "temperature"]
 
 
 def test_run_and_report_end_to_end(tmp_path, write_spec):

