@@ -240,3 +240,41 @@ def test_install_command_names_only_what_is_missing(
 def test_bad_param_is_config_error(params: dict) -> None:
     with pytest.raises(ConfigError):
         load("mnist_fashion", **params)
+
+
+@pytest.mark.parametrize("engine_strategy", ["ew", "mgda"])
+def test_runs_in_a_sweep_with_hps_cnn_and_each_policy(write_spec, tmp_path, engine_strategy):
+    """The real multi-input dataset trains end to end (CNN backbone, every policy)."""
+    need()
+    from bench import store
+    from bench.config import load_spec
+    from bench.executors import ExecutorOptions, run_specs
+    from bench.grid import expand
+
+    spec = write_spec(f"""
+        name = "mf"
+        datasets = [{{ name = "mnist_fashion", fashion_train = 600 }}]
+        sharing = ["hps"]
+        weighting = ["{engine_strategy}"]
+        sampling = ["round_robin", "proportional", {{ name = "temperature", temperature = 2.0 }}]
+        [model]
+        backbone = "cnn"
+        channels = [4]
+        hidden = [16]
+        [train]
+        epochs = 1
+        batch_size = 32
+        lr = 0.003
+    """)
+    trials = expand(load_spec(spec))
+    out = tmp_path / "run"
+    outcome = run_specs(trials, store.RunStore(out), ExecutorOptions(kind="inline"),
+                        progress=False)
+    assert set(outcome.ran.values()) == {"ok"}
+    tidy = store.load(out)
+    acc = tidy[(tidy["split"] == "test") & (tidy["metric"] == "accuracy")]
+    # One epoch of 3,600 samples already beats chance (10 %) on both tasks.
+    assert (acc["value"] > 0.2).all()
+    steps = {r["spec"].get("sampling", {}).get("name"): r["timing"]["steps"]
+             for r in store.RunStore(out).records() if r["spec"]["tasks"] is None}
+    assert set(steps.values()) == {-(-3600 // 64)}  # equal compute under every policy
