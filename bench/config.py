@@ -171,22 +171,28 @@ class SweepSpec:
     train_grid: dict[str, list[Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "description": self.description,
             "seeds": list(self.seeds),
             "datasets": [c.to_dict() for c in self.datasets],
             "sharing": [c.to_dict() for c in self.sharing],
             "weighting": [c.to_dict() for c in self.weighting],
-            "sampling": [c.to_dict() for c in self.sampling],
             "model": self.model.model_dump(),
             "train": self.train.model_dump(),
-            "train_grid": dict(self.train_grid),
             "probes": self.probes.model_dump(),
             "plugins": list(self.plugins),
             "include": [f.model_dump(exclude_none=True) for f in self.include],
             "exclude": [f.model_dump(exclude_none=True) for f in self.exclude],
         }
+        # Written only when used, so that run directories of sweeps without them (and of
+        # earlier versions) stay resumable.
+        sampling = [c.to_dict() for c in self.sampling]
+        if sampling != [{"name": "round_robin", "params": {}}]:
+            out["sampling"] = sampling
+        if self.train_grid:
+            out["train_grid"] = dict(self.train_grid)
+        return out
 
 
 def preset_names() -> list[str]:

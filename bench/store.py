@@ -136,10 +136,11 @@ class RunStore:
             raise ConfigError(f"{self.root}: exists and is not a directory")
         existing = self.manifest()
         if existing is not None and existing.get("sweep") != sweep:
-            raise ConfigError(
-                f"{self.root}: run directory holds a different sweep "
-                f"('{existing.get('sweep', {}).get('name')}'); choose another --out"
-            )
+            before = existing.get("sweep") or {}
+            changed = sorted(k for k in {*before, *sweep} if before.get(k) != sweep.get(k))
+            what = (f"a different sweep ('{before.get('name')}')" if "name" in changed else
+                    f"sweep '{before.get('name')}' with other {', '.join(changed)}")
+            raise ConfigError(f"{self.root}: run directory holds {what}; choose another --out")
 
     def write_manifest(self, sweep: dict[str, Any], trial_ids: list[str]) -> None:
         atomic_write_json(self.root / MANIFEST, {"sweep": sweep, "trials": trial_ids})

@@ -121,7 +121,8 @@ def test_run_directory_of_a_different_sweep_is_refused(tmp_path, capsys):
     before = _snapshot(tmp_path)
     assert main(["run", str(spec), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "run directory holds a different sweep" in err and len(err.splitlines()) == 1
+    assert "run directory holds sweep 'bad' with other weighting" in err
+    assert len(err.splitlines()) == 1
     assert _snapshot(tmp_path) == before
     file_out = tmp_path / "afile"
     file_out.write_text("x")

@@ -263,3 +263,13 @@ def test_a_trial_record_round_trips_its_sampling_policy(write_spec):
     again = TrialSpec.from_dict(spec.to_dict())
     assert again == spec and again.id == spec.id
     assert again.sampling == Component(spec.sampling.name, spec.sampling.params)
+
+
+def test_manifest_names_the_axis_only_when_used(write_spec, tiny_spec):
+    """Sweeps without a sampling axis keep the manifest they had before it existed, so
+    their run directories stay resumable."""
+    plain = load_spec(write_spec(tiny_spec, "plain.toml")).to_dict()
+    assert "sampling" not in plain and "train_grid" not in plain
+    multi = load_spec(write_spec(MULTI, "multi.toml")).to_dict()
+    assert [c["name"] for c in multi["sampling"]] == ["round_robin", "proportional",
+                                                      "temperature"]
