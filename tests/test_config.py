@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.config import load_spec, parse_override, preset_names
@@ -110,3 +112,17 @@ def test_missing_file_and_unknown_preset(tmp_path):
         load_spec(preset="quik")
     with pytest.raises(ConfigError, match="either a sweep file or --preset"):
         load_spec(tmp_path / "x.toml", preset="quick")
+
+
+def test_readme_sweep_example_is_valid(tmp_path):
+    """The sweep file shown in the README validates (and keeps every documented key)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```toml\n(name = \"my_sweep\".*?)```", readme, re.S)
+    assert block is not None
+    path = tmp_path / "readme.toml"
+    path.write_text(block.group(1))
+    spec = load_spec(path)
+    assert [c.name for c in spec.sampling] == ["round_robin", "proportional", "temperature"]
+    assert [t.lr for t in spec.train_variants] == [1e-3, 3e-3]
