@@ -35,7 +35,9 @@ Scalarization front (:func:`scalarization_front`): for datasets with 2 or 3
 tasks, trials of the ``ls`` strategy (fixed weight vectors) trace the linear
 scalarization front in the space of per-task relative changes; every other
 strategy's mean point is marked dominated or not by a point of that front
-(Xin et al. 2022; Kurin et al. 2022).
+(Xin et al. 2022; Kurin et al. 2022). The report computes the front against the best
+single-task recipe (``trial_summary(..., reference="best")``), so that with a
+``train_grid`` every point has the same reference.
 """
 
 from __future__ import annotations
@@ -78,18 +80,40 @@ SCALARIZATION = "ls"  # weighting name of linear scalarization with fixed weight
 GROUP = ["dataset", "sharing", "weighting"]
 
 
-def per_task_changes(tidy: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+def per_task_changes(
+    tidy: pd.DataFrame, split: str = "test", reference: str = "paired"
+) -> pd.DataFrame:
     """One row per multi-task trial x task x metric with its baseline value and relative
-    improvement (``rel_improvement``, a fraction; positive is better)."""
+    improvement (``rel_improvement``, a fraction; positive is better).
+
+    ``reference="paired"``: each trial's own baseline (same data, model, training
+    settings and seed). ``reference="best"``: for each (dataset, task, metric) the
+    single-task recipe (baselines' training settings, e.g. a ``train_grid`` learning
+    rate) with the best mean over seeds, paired by seed: the tuned single-task model, one
+    reference for all of a dataset's trials, so that points trained with different
+    settings are comparable (identical to "paired" when there is one recipe)."""
     ok = tidy[(tidy["status"] == "ok") & (tidy["split"] == split)]
     ok = ok[ok["metric"].isin(HIGHER_IS_BETTER.keys())]
     mtl = ok[ok["baseline_id"].notna()]
-    base = ok[ok["baseline_task"].notna()][["trial_id", "task", "metric", "value"]]
-    merged = mtl.merge(
-        base.rename(columns={"trial_id": "baseline_id", "value": "baseline_value"}),
-        on=["baseline_id", "task", "metric"],
-        how="inner",
-    )
+    base = ok[ok["baseline_task"].notna()]
+    if reference == "paired":
+        merged = mtl.merge(
+            base[["trial_id", "task", "metric", "value"]].rename(
+                columns={"trial_id": "baseline_id", "value": "baseline_value"}),
+            on=["baseline_id", "task", "metric"],
+            how="inner",
+        )
+    elif reference == "best":
+        keys = ["dataset", "task", "metric"]
+        means = base.groupby([*keys, "weighting"])["value"].mean().reset_index()
+        higher = means["metric"].map(HIGHER_IS_BETTER)
+        means["score"] = np.where(higher, means["value"], -means["value"])
+        best = means.loc[means.groupby(keys)["score"].idxmax(), [*keys, "weighting"]]
+        ref = base.merge(best, on=[*keys, "weighting"])[[*keys, "seed", "value"]]
+        merged = mtl.merge(ref.rename(columns={"value": "baseline_value"}),
+                           on=[*keys, "seed"], how="inner")
+    else:
+        raise ValueError(f"reference must be 'paired' or 'best', not {reference!r}")
     higher = np.array([HIGHER_IS_BETTER[m] for m in merged["metric"]], dtype=bool)
     sign = np.where(higher, 1.0, -1.0)
     value = merged["value"].astype(float)
@@ -98,12 +122,15 @@ def per_task_changes(tidy: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     return merged
 
 
-def trial_summary(tidy: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+def trial_summary(
+    tidy: pd.DataFrame, split: str = "test", reference: str = "paired"
+) -> pd.DataFrame:
     """One row per multi-task trial: ``delta_m_task`` and ``delta_m_metric`` (percent), and
-    ``rel_<task>`` (percent), each task's mean relative improvement over its metrics.
+    ``rel_<task>`` (percent), each task's mean relative improvement over its metrics;
+    ``reference`` as in :func:`per_task_changes`.
 
     Trials missing a baseline for some task get NaN delta-m (never a partial mean)."""
-    changes = per_task_changes(tidy, split)
+    changes = per_task_changes(tidy, split, reference)
     keys = ["trial_id", "dataset", "sharing", "weighting", "seed"]
     if changes.empty:
         return pd.DataFrame(columns=[*keys, "delta_m_task", "delta_m_metric"])

@@ -296,3 +296,33 @@ def test_no_matching_baseline_gives_an_empty_summary():
     assert s.empty and {"delta_m_task", "delta_m_metric"} <= set(s.columns)
     assert delta_m_intervals(s).empty and task_change_intervals(s).empty
     assert scalarization_front(s) == {}
+
+
+def test_best_reference_uses_the_tuned_single_task_recipe_for_every_trial():
+    """With two baseline recipes (e.g. two learning rates), reference="best" measures
+    every trial against the better recipe of each task, seed by seed."""
+    rows = []
+
+    def add(tid, weighting, seed, task, value, baseline_task=None, baseline_id=None):
+        rows.append({"trial_id": tid, "dataset": "d", "sharing": "hps" if baseline_id else
+                     "stl", "weighting": weighting, "seed": seed, "baseline_task": baseline_task,
+                     "baseline_id": baseline_id, "status": "ok", "task": task, "split": "test",
+                     "metric": "accuracy", "value": value, "wall_s": 1.0, "step_s": 0.1,
+                     "parameters": 10})
+
+    for seed in (0, 1):
+        # lr=a baselines: 0.5 on both tasks; lr=b: 0.8 on t1, 0.4 on t2.
+        add(f"a1{seed}", "ew @lr=a", seed, "t1", 0.5, baseline_task="t1")
+        add(f"a2{seed}", "ew @lr=a", seed, "t2", 0.5, baseline_task="t2")
+        add(f"b1{seed}", "ew @lr=b", seed, "t1", 0.8, baseline_task="t1")
+        add(f"b2{seed}", "ew @lr=b", seed, "t2", 0.4, baseline_task="t2")
+        add(f"m{seed}", "ew @lr=a", seed, "t1", 0.6, baseline_id=f"a1{seed}")
+        add(f"m{seed}", "ew @lr=a", seed, "t2", 0.6, baseline_id=f"a2{seed}")
+    tidy = pd.DataFrame(rows)
+    paired = trial_summary(tidy).set_index("seed")
+    best = trial_summary(tidy, reference="best").set_index("seed")
+    assert paired.loc[0, "rel_t1"] == pytest.approx(20.0)  # 0.6 vs its own 0.5
+    assert best.loc[0, "rel_t1"] == pytest.approx(-25.0)  # 0.6 vs the better 0.8
+    assert best.loc[0, "rel_t2"] == pytest.approx(20.0)  # 0.6 vs the better 0.5
+    with pytest.raises(ValueError, match="reference"):
+        trial_summary(tidy, reference="worst")
