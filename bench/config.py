@@ -59,6 +59,7 @@ class TrainSettings(pydantic.BaseModel):
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     epochs: Annotated[int, Field(ge=1, le=100_000)] = 10
+    # Multi-input data: samples per task per step on average (a step holds batch_size * T).
     batch_size: Annotated[int, Field(ge=1)] = 128
     eval_batch_size: Annotated[int, Field(ge=1)] = 4096
     engine: Literal["loop", "vmap", "gramian", "rep"] = "loop"
