@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -231,6 +232,13 @@ def test_multi_input_sweep_runs_and_labels_the_policy(write_spec, tmp_path):
 
     summary_table = analysis.trial_summary(tidy)
     assert len(summary_table) == 6 and summary_table["delta_m_task"].notna().all()
+    # The report separates the policies in the dataset's table.
+    from bench import report
+
+    report.write_report(out)
+    text = (out / "report.md").read_text()
+    for label in ("ew @round_robin", "ew @proportional", "mgda @temperature(temperature=4.0)"):
+        assert re.search(rf"\| hps +\| {re.escape(label)} +\|", text), label
 
 
 def test_multi_input_trial_is_deterministic_and_policy_changes_training(write_spec):
