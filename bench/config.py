@@ -188,8 +188,11 @@ class SweepSpec:
         }
         # Written only when used, so that run directories of sweeps without them (and of
         # earlier versions) stay resumable.
+        from bench.sampling import DEFAULT_SAMPLING, SAMPLING
+
         sampling = [c.to_dict() for c in self.sampling]
-        if sampling != [{"name": "round_robin", "params": {}}]:
+        default = {"name": DEFAULT_SAMPLING, "params": SAMPLING.resolve(DEFAULT_SAMPLING, {})}
+        if sampling != [default]:
             out["sampling"] = sampling
         if self.train_grid:
             out["train_grid"] = dict(self.train_grid)

@@ -227,6 +227,11 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
             matched[key] = _matched_model(ds, sh, model, sweep.source)
         if not _is_multi_input(ds):
             sampling = None  # the axis only applies to multi-input data; trials dedupe
+        elif sampling.params.get("per_step") == "one" and wt.name != BASELINE_WEIGHTING:
+            raise ConfigError(
+                f"{sweep.source}: sampling '{sampling.name}' with per_step = \"one\" trains "
+                f"one task per step, so only weighting '{BASELINE_WEIGHTING}' applies (got "
+                f"'{wt.name}'); run it in a sweep of its own or use per_step = \"all\"")
         spec = TrialSpec(ds, sh, wt, seed, matched[key], train, probes=probes,
                          sampling=sampling)
         if sh.name != BASELINE_SHARING:

@@ -18,7 +18,16 @@ share of the step:
 
 Every policy fills ``batch_size * T`` samples per step and an epoch is
 ``ceil(sum_t n_t / (batch_size * T))`` steps, so all policies train on the same number
-of samples: a sweep over policies compares them at equal compute. Shares become integer
+of samples: a sweep over policies compares them at equal compute.
+
+With ``per_step = "one"`` a policy instead picks *one* task per step (alternating
+training, as in multi-task NLP: e.g. Stickland & Murray 2019,
+https://arxiv.org/abs/1902.02671): ``round_robin`` takes the tasks in turn,
+``proportional`` and ``temperature`` draw the step's task with the policy's shares.
+A step is then ``batch_size`` samples of that task and an epoch is
+``ceil(sum_t n_t / batch_size)`` steps (again the same samples per epoch). Only the
+task of the step has a loss, so only equal weighting (``ew``) is meaningful; the grid
+refuses other strategies. Shares become integer
 counts by largest remainders, with at least one sample per task, and stay fixed for
 the trial (deterministic mixing rather than a random draw of tasks per sample, so that
 no step lacks a task). Each task's stream is a sequence of seeded permutations of its
@@ -35,7 +44,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -48,6 +57,7 @@ from bench.tasks import Task
 __all__ = [
     "DEFAULT_SAMPLING",
     "SAMPLING",
+    "AlternatingFeeder",
     "Batch",
     "Feeder",
     "MultiInputFeeder",
@@ -64,8 +74,17 @@ DEFAULT_SAMPLING = "round_robin"
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
 
+PerStep = Literal["all", "one"]
+
+
 class SamplingPolicy(ABC):
-    """How the samples of one training step are shared among tasks of different sizes."""
+    """How the samples of one training step are shared among tasks of different sizes.
+
+    ``per_step``: "all" (every task in every step, with the policy's shares) or "one"
+    (one task per step, chosen by the policy)."""
+
+    def __init__(self, *, per_step: PerStep = "all") -> None:
+        self.per_step = per_step
 
     @abstractmethod
     def shares(self, sizes: Sequence[int]) -> np.ndarray:
@@ -97,7 +116,13 @@ class Temperature(SamplingPolicy):
     """Shares proportional to ``n_t ** (1 / temperature)`` (Arivazhagan et al. 2019,
     arXiv:1907.05019): 1 is proportional, larger values flatten towards equal shares."""
 
-    def __init__(self, *, temperature: Annotated[float, Field(gt=0.0, le=1e6)] = 2.0) -> None:
+    def __init__(
+        self,
+        *,
+        temperature: Annotated[float, Field(gt=0.0, le=1e6)] = 2.0,
+        per_step: PerStep = "all",
+    ) -> None:
+        super().__init__(per_step=per_step)
         self.temperature = temperature
 
     def shares(self, sizes: Sequence[int]) -> np.ndarray:
@@ -147,6 +172,11 @@ class Feeder(ABC):
     @abstractmethod
     def losses(self, out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
         """(T,) mean loss of each task on its samples of the batch."""
+
+    def task_steps(self) -> list[int]:
+        """Steps of the current epoch in which each task has samples (to average its
+        training loss over)."""
+        return [self.steps_per_epoch] * len(self.tasks)
 
 
 class SingleInputFeeder(Feeder):
@@ -251,3 +281,67 @@ class MultiInputFeeder(Feeder):
             t.loss(out[t.name][self.bounds[i] : self.bounds[i + 1]], y[t.name])
             for i, t in enumerate(self.tasks)
         ])
+
+
+class AlternatingFeeder(Feeder):
+    """One task per step (``per_step = "one"``): ``batch_size`` samples of the task the
+    policy picks; the other tasks' loss entries are constant zeros (no gradient)."""
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        splits: dict[str, Split],
+        batch_size: int,
+        generator: torch.Generator,
+        policy: SamplingPolicy,
+    ) -> None:
+        self.tasks = tuple(tasks)
+        self.splits = [splits[t.name] for t in self.tasks]
+        sizes = [len(s) for s in self.splits]
+        if min(sizes) < 1:
+            raise ValueError("every task needs at least one training sample")
+        self.batch_size = batch_size
+        self.shares = torch.as_tensor(policy.shares(sizes), dtype=torch.float64)
+        self.in_turn = isinstance(policy, RoundRobin)
+        self.num_samples = sum(sizes)
+        self.steps_per_epoch = math.ceil(self.num_samples / batch_size)
+        self.generator = generator
+        self.device = self.splits[0].x.device
+        self.streams = [_Stream(n, generator, self.device) for n in sizes]
+        self._turn = 0  # round-robin position, carried across epochs
+        self._order: list[int] = []
+
+    def start_epoch(self) -> None:
+        n, num_tasks = self.steps_per_epoch, len(self.tasks)
+        if self.in_turn:
+            self._order = [(self._turn + i) % num_tasks for i in range(n)]
+            self._turn = (self._turn + n) % num_tasks
+        else:  # drawn on the CPU: choosing the task needs no device sync
+            self._order = torch.multinomial(self.shares, n, replacement=True,
+                                            generator=self.generator).tolist()
+
+    def _take(self, t: int, idx: torch.Tensor) -> Batch:
+        task = self.tasks[t].name
+        return self.splits[t].x[idx], {task: self.splits[t].y[task][idx]}
+
+    def batch(self, step: int) -> Batch:
+        t = self._order[step]
+        return self._take(t, self.streams[t].take(self.batch_size))
+
+    def random_batch(self) -> Batch:
+        t = int(torch.multinomial(self.shares, 1, generator=self.generator))
+        idx = torch.randint(len(self.splits[t]), (self.batch_size,), generator=self.generator)
+        return self._take(t, idx.to(self.device))
+
+    def losses(self, out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
+        present = next(iter(y.values()))
+        zero = torch.zeros((), device=present.device, dtype=torch.float32)
+        return torch.stack([
+            t.loss(out[t.name], y[t.name]) if t.name in y else zero for t in self.tasks
+        ])
+
+    def task_steps(self) -> list[int]:
+        counts = [0] * len(self.tasks)
+        for t in self._order:
+            counts[t] += 1
+        return counts

@@ -27,6 +27,7 @@ from bench.probes import build_probes
 from bench.sampling import (
     DEFAULT_SAMPLING,
     SAMPLING,
+    AlternatingFeeder,
     Feeder,
     MultiInputFeeder,
     SingleInputFeeder,
@@ -155,9 +156,10 @@ def make_feeder(
     batch_size = spec.train["batch_size"]
     if isinstance(train_split, Split):
         return SingleInputFeeder(tasks, train_split, batch_size, generator)
-    policy = spec.sampling or Component(DEFAULT_SAMPLING, {})
-    return MultiInputFeeder(tasks, train_split, batch_size, generator,
-                            SAMPLING.create(policy.name, **policy.params))
+    component = spec.sampling or Component(DEFAULT_SAMPLING, {})
+    policy = SAMPLING.create(component.name, **component.params)
+    feeder = AlternatingFeeder if policy.per_step == "one" else MultiInputFeeder
+    return feeder(tasks, train_split, batch_size, generator, policy)
 
 
 def _first_inputs(split: Split | dict[str, Split], n: int) -> torch.Tensor:
@@ -244,7 +246,10 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
             if strategy.last_weights is not None:
                 w = strategy.last_weights.detach()
                 weight_sum = w.clone() if weight_sum is None else weight_sum + w
-        mean_losses = loss_sum / steps_per_epoch
+        # Each task's mean over the steps that had its samples (all of them unless the
+        # sampling policy trains one task per step).
+        task_steps = torch.tensor(feeder.task_steps(), dtype=loss_sum.dtype, device=device)
+        mean_losses = loss_sum / task_steps.clamp(min=1)
         train_losses = mean_losses.tolist()  # one device sync per epoch
         train_seconds += time.perf_counter() - start
         if not all(math.isfinite(v) for v in train_losses):

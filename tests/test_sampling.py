@@ -194,7 +194,9 @@ def test_sampling_axis_multiplies_multi_input_trials_only(write_spec):
     ('sampling = ["round_robbin"]', "unknown sampling policy 'round_robbin'.*did you mean "
                                     "'round_robin'"),
     ('sampling = [{ name = "temperature", temperature = -1.0 }]', "temperature"),
-    ('sampling = [{ name = "proportional", temperature = 2.0 }]', "it takes none"),
+    ('sampling = [{ name = "proportional", temperature = 2.0 }]',
+     "unknown hyperparameter 'temperature' for sampling policy 'proportional'"),
+    ('sampling = [{ name = "proportional", per_step = "two" }]', "per_step"),
     ('sampling = []', "sampling"),
 ])
 def test_bad_sampling_entries_are_config_errors(write_spec, line, match):
@@ -281,3 +283,66 @@ def test_manifest_names_the_axis_only_when_used(write_spec, tiny_spec):
     multi = load_spec(write_spec(MULTI, "multi.toml")).to_dict()
     assert [c["name"] for c in multi["sampling"]] == ["round_robin", "proportional",
                                                       "temperature"]
+
+
+# --------------------------------------------------------------------------- one task per step
+
+
+def _alternating(sizes, policy, batch_size=5, seed=0):
+    from bench.sampling import AlternatingFeeder
+
+    tasks, splits = _indexed_tasks(sizes)
+    return tasks, AlternatingFeeder(tasks, splits, batch_size, torch.Generator().manual_seed(seed),
+                                    SAMPLING.create(policy, per_step="one"))
+
+
+def test_alternating_round_robin_takes_tasks_in_turn_across_epochs():
+    _, feeder = _alternating([20, 200, 55], "round_robin")
+    assert feeder.steps_per_epoch == math.ceil(275 / 5)  # same samples per epoch as "all"
+    seen = []
+    for _epoch in range(2):
+        feeder.start_epoch()
+        for step in range(feeder.steps_per_epoch):
+            x, y = feeder.batch(step)
+            (task,) = y
+            t = int(task[1:])
+            assert torch.all(x[:, 0] == t) and len(x) == 5  # one task's samples only
+            seen.append(t)
+        assert sum(feeder.task_steps()) == feeder.steps_per_epoch
+    assert seen == [i % 3 for i in range(len(seen))]  # the turn carries over epochs
+
+
+def test_alternating_draws_tasks_with_the_policy_shares():
+    _, feeder = _alternating([100, 300, 600], "proportional", batch_size=1)
+    feeder.start_epoch()
+    counts = np.asarray(feeder.task_steps()) / feeder.steps_per_epoch
+    # 1000 draws: each share within 5 standard errors of 0.1 / 0.3 / 0.6.
+    np.testing.assert_allclose(counts, [0.1, 0.3, 0.6], atol=5 * math.sqrt(0.25 / 1000))
+
+
+def test_alternating_losses_are_zero_and_detached_for_absent_tasks():
+    tasks, feeder = _alternating([10, 10], "round_robin")
+    feeder.start_epoch()
+    x, y = feeder.batch(1)  # task t1's turn
+    x = x.clone().requires_grad_(True)
+    out = {t.name: x[:, 1:2] * 2.0 for t in tasks}
+    losses = feeder.losses(out, y)
+    assert losses[0].item() == 0 and losses[1].item() > 0
+    (absent,) = torch.autograd.grad(losses[0], x, retain_graph=True, allow_unused=True)
+    (present,) = torch.autograd.grad(losses[1], x)
+    assert (absent is None or not absent.any()) and present.abs().sum() > 0
+
+
+def test_one_task_per_step_admits_only_equal_weighting(write_spec):
+    text = MULTI.replace(
+        'sampling = ["round_robin", "proportional", { name = "temperature", temperature = 4.0 }]',
+        'sampling = [{ name = "round_robin", per_step = "one" }]')
+    with pytest.raises(ConfigError, match="only weighting 'ew' applies \\(got 'mgda'\\)"):
+        expand(load_spec(write_spec(text)))
+    ok = text.replace('weighting = ["ew", "mgda"]', 'weighting = ["ew"]')
+    specs = [s for s in expand(load_spec(write_spec(ok, "ok.toml"))) if not s.is_baseline]
+    first, again = execute(specs[0]), execute(specs[0])
+    assert first["status"] == "ok" and first["metrics"] == again["metrics"]
+    assert first["timing"]["steps"] == 2 * math.ceil(660 / 32)
+    # Each task's epoch loss is its mean over its own steps, not diluted by the others'.
+    assert all(v > 0.05 for v in first["history"][0]["train_loss"].values())
