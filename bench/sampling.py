@@ -229,11 +229,8 @@ class _Stream:
         return out
 
 
-class MultiInputFeeder(Feeder):
-    """Steps of ``batch_size * T`` samples shared among tasks by a :class:`SamplingPolicy`.
-
-    A batch's inputs are the tasks' samples concatenated in task order; ``counts[t]`` of
-    them belong to task ``t`` in every step."""
+class _PerTaskFeeder(Feeder, ABC):
+    """Shared set-up of the multi-input feeders: one split and one sample stream per task."""
 
     def __init__(
         self,
@@ -245,17 +242,33 @@ class MultiInputFeeder(Feeder):
     ) -> None:
         self.tasks = tuple(tasks)
         self.splits = [splits[t.name] for t in self.tasks]
-        sizes = [len(s) for s in self.splits]
-        if min(sizes) < 1:
+        self.sizes = [len(s) for s in self.splits]
+        if min(self.sizes) < 1:
             raise ValueError("every task needs at least one training sample")
-        per_step = batch_size * len(self.tasks)
-        self.counts = allocate(policy.shares(sizes), per_step)
-        self.bounds = np.concatenate([[0], np.cumsum(self.counts)]).tolist()
-        self.num_samples = sum(sizes)
-        self.steps_per_epoch = math.ceil(self.num_samples / per_step)
+        self.batch_size = batch_size
+        self.shares = policy.shares(self.sizes)
+        self.num_samples = sum(self.sizes)
         self.generator = generator
-        device = self.splits[0].x.device
-        self.streams = [_Stream(n, generator, device) for n in sizes]
+        self.device = self.splits[0].x.device
+        self.streams = [_Stream(n, generator, self.device) for n in self.sizes]
+        self._configure(policy)
+
+    @abstractmethod
+    def _configure(self, policy: SamplingPolicy) -> None:
+        """Set ``steps_per_epoch`` and what the feeder needs from ``policy``."""
+
+
+class MultiInputFeeder(_PerTaskFeeder):
+    """Steps of ``batch_size * T`` samples shared among tasks by a :class:`SamplingPolicy`.
+
+    A batch's inputs are the tasks' samples concatenated in task order; ``counts[t]`` of
+    them belong to task ``t`` in every step."""
+
+    def _configure(self, policy: SamplingPolicy) -> None:
+        per_step = self.batch_size * len(self.tasks)
+        self.counts = allocate(self.shares, per_step)
+        self.bounds = np.concatenate([[0], np.cumsum(self.counts)]).tolist()
+        self.steps_per_epoch = math.ceil(self.num_samples / per_step)
 
     def _take(self, indices: Sequence[torch.Tensor]) -> Batch:
         x = torch.cat([s.x[i] for s, i in zip(self.splits, indices, strict=True)])
@@ -270,9 +283,8 @@ class MultiInputFeeder(Feeder):
         return self._take([s.take(k) for s, k in zip(self.streams, self.counts, strict=True)])
 
     def random_batch(self) -> Batch:
-        device = self.splits[0].x.device
         return self._take([
-            torch.randint(len(s), (k,), generator=self.generator).to(device)
+            torch.randint(len(s), (k,), generator=self.generator).to(self.device)
             for s, k in zip(self.splits, self.counts, strict=True)
         ])
 
@@ -283,31 +295,14 @@ class MultiInputFeeder(Feeder):
         ])
 
 
-class AlternatingFeeder(Feeder):
+class AlternatingFeeder(_PerTaskFeeder):
     """One task per step (``per_step = "one"``): ``batch_size`` samples of the task the
     policy picks; the other tasks' loss entries are constant zeros (no gradient)."""
 
-    def __init__(
-        self,
-        tasks: Sequence[Task],
-        splits: dict[str, Split],
-        batch_size: int,
-        generator: torch.Generator,
-        policy: SamplingPolicy,
-    ) -> None:
-        self.tasks = tuple(tasks)
-        self.splits = [splits[t.name] for t in self.tasks]
-        sizes = [len(s) for s in self.splits]
-        if min(sizes) < 1:
-            raise ValueError("every task needs at least one training sample")
-        self.batch_size = batch_size
-        self.shares = torch.as_tensor(policy.shares(sizes), dtype=torch.float64)
+    def _configure(self, policy: SamplingPolicy) -> None:
+        self.probabilities = torch.as_tensor(self.shares, dtype=torch.float64)
         self.in_turn = isinstance(policy, RoundRobin)
-        self.num_samples = sum(sizes)
-        self.steps_per_epoch = math.ceil(self.num_samples / batch_size)
-        self.generator = generator
-        self.device = self.splits[0].x.device
-        self.streams = [_Stream(n, generator, self.device) for n in sizes]
+        self.steps_per_epoch = math.ceil(self.num_samples / self.batch_size)
         self._turn = 0  # round-robin position, carried across epochs
         self._order: list[int] = []
 
@@ -317,7 +312,7 @@ class AlternatingFeeder(Feeder):
             self._order = [(self._turn + i) % num_tasks for i in range(n)]
             self._turn = (self._turn + n) % num_tasks
         else:  # drawn on the CPU: choosing the task needs no device sync
-            self._order = torch.multinomial(self.shares, n, replacement=True,
+            self._order = torch.multinomial(self.probabilities, n, replacement=True,
                                             generator=self.generator).tolist()
 
     def _take(self, t: int, idx: torch.Tensor) -> Batch:
@@ -329,7 +324,7 @@ class AlternatingFeeder(Feeder):
         return self._take(t, self.streams[t].take(self.batch_size))
 
     def random_batch(self) -> Batch:
-        t = int(torch.multinomial(self.shares, 1, generator=self.generator))
+        t = int(torch.multinomial(self.probabilities, 1, generator=self.generator))
         idx = torch.randint(len(self.splits[t]), (self.batch_size,), generator=self.generator)
         return self._take(t, idx.to(self.device))
 
