@@ -23,12 +23,17 @@ Solvers:
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from typing import Annotated, ClassVar
+
 import numpy as np
+import pydantic
 import torch
 
 from strategies.weighting.base import GramianWeighting
 
 __all__ = [
+    "DualConeWeighting",
     "HostGramianWeighting",
     "dual_cone_weights",
     "gramian_to_host",
@@ -63,17 +68,50 @@ def weights_to_device(weights: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 
 class HostGramianWeighting(GramianWeighting):
-    """A Gramian strategy whose ``aggregate`` forms J J^T in at least float32.
+    """A Gramian strategy that solves for its weights on the host: ``weights`` moves the
+    (T, T) Gramian once per step with :func:`gramian_to_host` and returns the result
+    with :func:`weights_to_device`."""
 
-    (bfloat16 / float16 Gramians lose most of their digits; the direction itself is
-    accumulated in J's dtype, as everywhere else.)
+
+class DualConeWeighting(HostGramianWeighting):
+    """Base of UPGrad and DualProj: project combinations of the task gradients onto the
+    dual cone {d : J d >= 0} (:func:`dual_cone_weights`).
+
+    A subclass says which combinations (``prefs_matrix``: (K, T) rows u, each projected
+    as J^T u) and how the projections' weights are summed (``sum_projections``: (K, T) -> (T,)).
+    ``pref_vector`` sets the preferences (default 1/T); ``norm_eps`` and ``reg_eps`` are
+    torchjd's Gramian normalisation guard and ridge.
     """
 
-    def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
-        rows = jacobian.to(torch.promote_types(jacobian.dtype, torch.float32))
-        weights = self.weights(rows @ rows.T, losses)
-        self.last_weights = weights.detach()
-        return weights.to(jacobian.dtype) @ jacobian
+    supports_rep: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        pref_vector: list[float] | None = None,
+        norm_eps: Annotated[float, pydantic.Field(ge=0)] = 1e-4,
+        reg_eps: Annotated[float, pydantic.Field(ge=0)] = 1e-4,
+    ) -> None:
+        super().__init__()
+        self.pref_vector = pref_vector
+        self.norm_eps = norm_eps
+        self.reg_eps = reg_eps
+
+    @staticmethod
+    @abstractmethod
+    def prefs_matrix(prefs: np.ndarray) -> np.ndarray:
+        """(K, T) rows u whose J^T u are projected, from the (T,) preferences."""
+
+    @staticmethod
+    @abstractmethod
+    def sum_projections(projected: np.ndarray) -> np.ndarray:
+        """(T,) weights of the direction from the (K, T) weights of the projections."""
+
+    def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
+        host = gramian_to_host(gramian)  # the step's one host sync (QP solver)
+        prefs = self.prefs_matrix(preference(self.pref_vector, host.shape[0]))
+        projected = dual_cone_weights(host, prefs, self.norm_eps, self.reg_eps)
+        return weights_to_device(self.sum_projections(projected), gramian)
 
 
 def _solve_sym(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -127,6 +127,9 @@ class GramianWeighting(GradientWeighting):
         """(T,) weights from the (T, T) Gramian of the task gradients."""
 
     def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
-        w = self.weights(jacobian @ jacobian.T, losses)
-        self.last_weights = w
+        # J J^T in at least float32: bfloat16 / float16 Gramians lose most of their digits;
+        # the direction itself is accumulated in J's dtype.
+        rows = jacobian.to(torch.promote_types(jacobian.dtype, torch.float32))
+        w = self.weights(rows @ rows.T, losses)
+        self.last_weights = w.detach()
         return w.to(jacobian.dtype) @ jacobian

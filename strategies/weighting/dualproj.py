@@ -22,45 +22,24 @@ host transfer of the T x T Gramian per step; NaN/Inf raise ``FloatingPointError`
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
-
-import pydantic
-import torch
+import numpy as np
 
 from strategies.weighting import WEIGHTING
-from strategies.weighting._solvers import (
-    HostGramianWeighting,
-    dual_cone_weights,
-    gramian_to_host,
-    preference,
-    weights_to_device,
-)
+from strategies.weighting._solvers import DualConeWeighting
 
 
 @WEIGHTING.register("dualproj")
-class DualProj(HostGramianWeighting):
+class DualProj(DualConeWeighting):
     """DualProj: the mean gradient projected onto the dual cone of the task gradients.
 
     ``pref_vector`` replaces the mean's 1/T weights; ``norm_eps`` and ``reg_eps`` are
     torchjd's Gramian normalisation guard and ridge.
     """
 
-    supports_rep: ClassVar[bool] = True
+    @staticmethod
+    def prefs_matrix(prefs: np.ndarray) -> np.ndarray:
+        return prefs[None, :]  # one projection: of J^T p
 
-    def __init__(
-        self,
-        *,
-        pref_vector: list[float] | None = None,
-        norm_eps: Annotated[float, pydantic.Field(ge=0)] = 1e-4,
-        reg_eps: Annotated[float, pydantic.Field(ge=0)] = 1e-4,
-    ) -> None:
-        super().__init__()
-        self.pref_vector = pref_vector
-        self.norm_eps = norm_eps
-        self.reg_eps = reg_eps
-
-    def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
-        host = gramian_to_host(gramian)  # the step's one host sync (QP solver)
-        prefs = preference(self.pref_vector, host.shape[0])[None, :]
-        projected = dual_cone_weights(host, prefs, self.norm_eps, self.reg_eps)
-        return weights_to_device(projected[0], gramian)
+    @staticmethod
+    def sum_projections(projected: np.ndarray) -> np.ndarray:
+        return projected[0]

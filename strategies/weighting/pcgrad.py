@@ -112,7 +112,4 @@ class PCGrad(GramianWeighting):
 
     def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
         check_finite_on_cpu(jacobian)
-        rows = jacobian.to(torch.promote_types(jacobian.dtype, torch.float32))
-        weights = self.weights(rows @ rows.T, losses)
-        self.last_weights = weights
-        return weights.to(jacobian.dtype) @ jacobian
+        return super().aggregate(jacobian, losses)

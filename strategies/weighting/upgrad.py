@@ -28,46 +28,24 @@ step (a sync on an accelerator); NaN/Inf raise ``FloatingPointError``.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
-
 import numpy as np
-import pydantic
-import torch
 
 from strategies.weighting import WEIGHTING
-from strategies.weighting._solvers import (
-    HostGramianWeighting,
-    dual_cone_weights,
-    gramian_to_host,
-    preference,
-    weights_to_device,
-)
+from strategies.weighting._solvers import DualConeWeighting
 
 
 @WEIGHTING.register("upgrad")
-class UPGrad(HostGramianWeighting):
+class UPGrad(DualConeWeighting):
     """UPGrad: average of each task gradient projected onto the dual cone (no conflicts).
 
     ``pref_vector`` weights the projected gradients (default 1/T); ``norm_eps`` and
     ``reg_eps`` are torchjd's Gramian normalisation guard and ridge.
     """
 
-    supports_rep: ClassVar[bool] = True
+    @staticmethod
+    def prefs_matrix(prefs: np.ndarray) -> np.ndarray:
+        return np.diag(prefs)  # one projection per task: of p_i g_i
 
-    def __init__(
-        self,
-        *,
-        pref_vector: list[float] | None = None,
-        norm_eps: Annotated[float, pydantic.Field(ge=0)] = 1e-4,
-        reg_eps: Annotated[float, pydantic.Field(ge=0)] = 1e-4,
-    ) -> None:
-        super().__init__()
-        self.pref_vector = pref_vector
-        self.norm_eps = norm_eps
-        self.reg_eps = reg_eps
-
-    def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
-        host = gramian_to_host(gramian)  # the step's one host sync (QP solver)
-        prefs = np.diag(preference(self.pref_vector, host.shape[0]))
-        projected = dual_cone_weights(host, prefs, self.norm_eps, self.reg_eps)
-        return weights_to_device(projected.sum(axis=0), gramian)
+    @staticmethod
+    def sum_projections(projected: np.ndarray) -> np.ndarray:
+        return projected.sum(axis=0)
