@@ -208,3 +208,13 @@ def test_two_concurrent_runs_on_one_directory_split_the_work(tmp_path, write_spe
     assert sorted(p.stem for p in store.trials_dir.glob("*.json")) == sorted(t.id for t in trials)
     for record in store.records():
         assert record["status"] == "ok"
+
+
+def test_a_missing_optional_dependency_names_its_install_command():
+    from bench.errors import ConfigError
+    from bench.executors import optional_module
+
+    with pytest.raises(ConfigError, match=r"executor 'ray' needs no_such_module_xyz: "
+                                          r"\.venv/bin/pip install -e '\.\[ray\]'"):
+        optional_module("no_such_module_xyz", "ray")
+    assert optional_module("json", "ray").dumps([1]) == "[1]"

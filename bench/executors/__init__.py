@@ -21,11 +21,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bench.errors import ConfigError
+
 if TYPE_CHECKING:  # bench.config imports this module: keep the grid import lazy
     from bench.grid import TrialSpec
     from bench.store import RunStore
 
-__all__ = ["ExecutorOptions", "SweepOutcome", "default_workers", "run_specs"]
+__all__ = [
+    "ExecutorOptions",
+    "SweepOutcome",
+    "default_workers",
+    "optional_module",
+    "prepare_worker",
+    "run_specs",
+]
 
 BUSY = "busy"  # claimed by another process running the same run directory
 
@@ -55,6 +64,31 @@ class SweepOutcome:
     @property
     def failed(self) -> dict[str, str]:
         return {k: v for k, v in self.ran.items() if v != "ok"}
+
+
+def prepare_worker(threads: int, plugins: Sequence[str]) -> None:
+    """Set up a worker process before it runs trials: its intra-op thread count, and the
+    user's components (entry points and the sweep's plugins) registered as in the parent."""
+    import torch
+
+    from bench.plugins import import_plugins, load_entry_points
+
+    torch.set_num_threads(threads)
+    load_entry_points()
+    import_plugins(tuple(plugins))
+
+
+def optional_module(name: str, executor: str) -> Any:
+    """Import the optional dependency ``name`` of ``executor``, or a ConfigError naming
+    the install command."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ConfigError(
+            f"executor '{executor}' needs {name}: .venv/bin/pip install -e '.[{executor}]'"
+        ) from None
 
 
 def default_workers() -> int:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-from bench.executors import ExecutorOptions, default_workers, run_one
+from bench.executors import ExecutorOptions, default_workers, prepare_worker, run_one
 from bench.grid import TrialSpec
 from bench.store import RunStore
 
@@ -43,13 +43,7 @@ def _init_worker(
     if gpus:
         slot = gpu_slots.get()  # type: ignore[attr-defined]
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    import torch
-
-    from bench.plugins import import_plugins, load_entry_points
-
-    torch.set_num_threads(threads)
-    load_entry_points()
-    import_plugins(plugins)
+    prepare_worker(threads, plugins)
 
 
 def run_process_pool(

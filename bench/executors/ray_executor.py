@@ -13,8 +13,13 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.errors import ConfigError
-from bench.executors import BUSY, ExecutorOptions, default_workers
+from bench.executors import (
+    BUSY,
+    ExecutorOptions,
+    default_workers,
+    optional_module,
+    prepare_worker,
+)
 from bench.grid import TrialSpec
 from bench.store import RunStore
 
@@ -24,14 +29,9 @@ __all__ = ["run_ray"]
 def _execute_remote(
     spec_dict: dict[str, Any], time_limit_s: float | None, plugins: tuple[str, ...], threads: int
 ) -> dict[str, Any]:
-    import torch
-
-    from bench.plugins import import_plugins, load_entry_points
     from bench.trial import execute
 
-    torch.set_num_threads(threads)
-    load_entry_points()
-    import_plugins(plugins)
+    prepare_worker(threads, plugins)
     return execute(TrialSpec.from_dict(spec_dict), time_limit_s=time_limit_s)
 
 
@@ -41,12 +41,7 @@ def run_ray(
     options: ExecutorOptions,
     done: Callable[[str, str], None],
 ) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(
-            "executor 'ray' needs Ray: .venv/bin/pip install -e '.[ray]'"
-        ) from None
+    ray = optional_module("ray", "ray")
     if not todo:
         return
     started_here = not ray.is_initialized()

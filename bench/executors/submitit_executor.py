@@ -12,8 +12,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.errors import ConfigError
-from bench.executors import BUSY, ExecutorOptions
+from bench.executors import BUSY, ExecutorOptions, optional_module
 from bench.executors.ray_executor import _execute_remote
 from bench.grid import TrialSpec
 from bench.store import RunStore
@@ -27,12 +26,7 @@ def run_submitit(
     options: ExecutorOptions,
     done: Callable[[str, str], None],
 ) -> None:
-    try:
-        import submitit
-    except ImportError:
-        raise ConfigError(
-            "executor 'submitit' needs submitit: .venv/bin/pip install -e '.[submitit]'"
-        ) from None
+    submitit = optional_module("submitit", "submitit")
     if not todo:
         return
     params: dict[str, Any] = dict(options.submitit)
