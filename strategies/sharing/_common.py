@@ -32,7 +32,7 @@ from torch import nn
 
 from bench.tasks import Task
 from strategies.sharing.backbones import mlp
-from strategies.sharing.base import BackboneSpec
+from strategies.sharing.base import BackboneSpec, SharingArchitecture
 
 __all__ = [
     "REFERENCE_CNN",
@@ -100,6 +100,24 @@ class UtilisationMeter:
         return {
             key: (s / max(self._counts[key], 1)).cpu().tolist() for key, s in self._sums.items()
         }
+
+
+class GatedArchitecture(SharingArchitecture):
+    """Base of the gated expert architectures (MMoE, OMoE, PLE/CGC, DSelect-k): a
+    :class:`UtilisationMeter` filled by evaluation forwards, reported by ``stats()`` as
+    ``{"expert_utilisation": {gate: [mean weight of each expert]}}``."""
+
+    def __init__(
+        self, input_shape: Sequence[int], tasks: Sequence[Task], backbone: BackboneSpec
+    ) -> None:
+        super().__init__(input_shape, tasks, backbone)
+        self.meter = UtilisationMeter()
+
+    def reset_stats(self) -> None:
+        self.meter.reset()
+
+    def stats(self) -> dict[str, Any]:
+        return {"expert_utilisation": self.meter.means()}
 
 
 # ---------------------------------------------------------------------------------------

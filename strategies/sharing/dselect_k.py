@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import pydantic
 import torch
@@ -53,10 +53,10 @@ from torch import nn
 
 from bench.tasks import Task
 from strategies.sharing import SHARING
-from strategies.sharing._common import UtilisationMeter, mix, tower
+from strategies.sharing._common import GatedArchitecture, mix, tower
 from strategies.sharing.backbones import backbone as build_backbone
 from strategies.sharing.backbones import flat_dim, output_dim
-from strategies.sharing.base import BackboneSpec, SharingArchitecture
+from strategies.sharing.base import BackboneSpec
 
 EPSILON = 1e-6  # inside the log of the entropy, as in the reference code
 
@@ -101,7 +101,7 @@ class DSelectKGate(nn.Module):
 
 
 @SHARING.register("dselect_k")
-class DSelectK(SharingArchitecture):
+class DSelectK(GatedArchitecture):
     """DSelect-k: shared backbone experts mixed by per-task differentiable sparse top-k gates.
 
     Gates use DSelect-k's binary encoding with a smooth-step of width ``gamma``; the
@@ -133,7 +133,6 @@ class DSelectK(SharingArchitecture):
         )
         rep_dim = output_dim(input_shape, backbone)
         self.towers = nn.ModuleDict({t.name: tower(rep_dim, backbone, t) for t in tasks})
-        self.meter = UtilisationMeter()
         self._selectors: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -163,9 +162,3 @@ class DSelectK(SharingArchitecture):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return [*self.gates[task].parameters(), *self.towers[task].parameters()]
-
-    def reset_stats(self) -> None:
-        self.meter.reset()
-
-    def stats(self) -> dict[str, Any]:
-        return {"expert_utilisation": self.meter.means()}

@@ -28,7 +28,7 @@ gate weight per expert; ``stats()`` returns ``{"expert_utilisation": {task: [w_e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import pydantic
 import torch
@@ -36,14 +36,14 @@ from torch import nn
 
 from bench.tasks import Task
 from strategies.sharing import SHARING
-from strategies.sharing._common import UtilisationMeter, mix, tower
+from strategies.sharing._common import GatedArchitecture, mix, tower
 from strategies.sharing.backbones import backbone as build_backbone
 from strategies.sharing.backbones import flat_dim, output_dim
-from strategies.sharing.base import BackboneSpec, SharingArchitecture
+from strategies.sharing.base import BackboneSpec
 
 
 @SHARING.register("mmoe")
-class MMoE(SharingArchitecture):
+class MMoE(GatedArchitecture):
     """MMoE: backbone experts shared by all tasks, mixed by a per-task softmax gate.
 
     The representation (``rep`` engine) is the stacked expert outputs.
@@ -68,7 +68,6 @@ class MMoE(SharingArchitecture):
         )
         rep_dim = output_dim(input_shape, backbone)
         self.towers = nn.ModuleDict({t.name: tower(rep_dim, backbone, t) for t in tasks})
-        self.meter = UtilisationMeter()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         rep = torch.stack([expert(x) for expert in self.experts], dim=1)  # (B, E, d)
@@ -87,9 +86,3 @@ class MMoE(SharingArchitecture):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return [*self.gates[task].parameters(), *self.towers[task].parameters()]
-
-    def reset_stats(self) -> None:
-        self.meter.reset()
-
-    def stats(self) -> dict[str, Any]:
-        return {"expert_utilisation": self.meter.means()}

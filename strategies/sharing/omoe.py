@@ -12,7 +12,7 @@ Representation (``rep`` engine): the one shared mixture ``sum_e g(x)_e f_e(x)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 import pydantic
 import torch
@@ -20,14 +20,14 @@ from torch import nn
 
 from bench.tasks import Task
 from strategies.sharing import SHARING
-from strategies.sharing._common import UtilisationMeter, mix, tower
+from strategies.sharing._common import GatedArchitecture, mix, tower
 from strategies.sharing.backbones import backbone as build_backbone
 from strategies.sharing.backbones import flat_dim, output_dim
-from strategies.sharing.base import BackboneSpec, SharingArchitecture
+from strategies.sharing.base import BackboneSpec
 
 
 @SHARING.register("omoe")
-class OMoE(SharingArchitecture):
+class OMoE(GatedArchitecture):
     """OMoE: backbone experts mixed by one softmax gate shared by all tasks (MMoE's ablation)."""
 
     has_representation = True
@@ -47,7 +47,6 @@ class OMoE(SharingArchitecture):
         self.gate = nn.Linear(flat_dim(input_shape), num_experts)
         rep_dim = output_dim(input_shape, backbone)
         self.towers = nn.ModuleDict({t.name: tower(rep_dim, backbone, t) for t in tasks})
-        self.meter = UtilisationMeter()
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         experts = torch.stack([expert(x) for expert in self.experts], dim=1)  # (B, E, d)
@@ -64,9 +63,3 @@ class OMoE(SharingArchitecture):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         return list(self.towers[task].parameters())
-
-    def reset_stats(self) -> None:
-        self.meter.reset()
-
-    def stats(self) -> dict[str, Any]:
-        return {"expert_utilisation": self.meter.means()}

@@ -47,7 +47,7 @@ from torch import nn
 
 from bench.tasks import Task
 from strategies.sharing import SHARING
-from strategies.sharing._common import UtilisationMeter, mix, tower, unique_parameters
+from strategies.sharing._common import GatedArchitecture, mix, tower, unique_parameters
 from strategies.sharing.backbones import (
     StageDesc,
     build_stage,
@@ -56,7 +56,7 @@ from strategies.sharing.backbones import (
     prepare_input,
     stage_descs,
 )
-from strategies.sharing.base import BackboneSpec, SharingArchitecture
+from strategies.sharing.base import BackboneSpec
 
 SHARED = "shared"
 
@@ -110,7 +110,7 @@ class ExtractionLevel(nn.Module):
 
 
 @SHARING.register("ple")
-class ProgressiveLayeredExtraction(SharingArchitecture):
+class ProgressiveLayeredExtraction(GatedArchitecture):
     """PLE: stacked levels of per-task and shared experts, with task gates and shared gates.
 
     The backbone's layers are split over ``num_levels`` levels; no single representation.
@@ -149,7 +149,6 @@ class ProgressiveLayeredExtraction(SharingArchitecture):
         self.expert_names[SHARED] = [
             f"{t}/{i}" for t in self.names for i in range(num_task_experts)
         ] + [f"{SHARED}/{i}" for i in range(num_shared_experts)]
-        self.meter = UtilisationMeter()
 
     def _gate(self, key: str, gate: nn.Linear, selector: torch.Tensor) -> torch.Tensor:
         weights = torch.softmax(gate(selector.flatten(1)), dim=-1)
@@ -192,9 +191,6 @@ class ProgressiveLayeredExtraction(SharingArchitecture):
     def shared_parameters(self) -> list[nn.Parameter]:
         own = {id(p) for t in self.names for p in self.task_parameters(t)}
         return [p for p in self.parameters() if id(p) not in own]
-
-    def reset_stats(self) -> None:
-        self.meter.reset()
 
     def stats(self) -> dict[str, Any]:
         means = self.meter.means()
