@@ -65,7 +65,9 @@ One host transfer of the T x T Gramian per recomputation; NaN/Inf raise
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Annotated
 
 import numpy as np
@@ -80,6 +82,29 @@ from strategies.weighting._solvers import (
     min_norm_weights,
     weights_to_device,
 )
+
+
+def _line_search(
+    objective: Callable[[np.ndarray], float],
+    beta: np.ndarray,
+    step: np.ndarray,
+    value: float,
+    decrement: float,
+) -> tuple[np.ndarray, float] | None:
+    """Backtracking (Armijo with 1/4 of the Newton decrement ``decrement``) from the
+    largest step that keeps beta > 0; ``(beta', objective(beta'))``, or None when no
+    step size down to 1e-16 decreases the objective enough."""
+    size = 1.0
+    negative = step < 0
+    if negative.any():  # stay in beta > 0
+        size = min(1.0, 0.99 * float((-beta[negative] / step[negative]).min()))
+    while size > 1e-16:
+        trial = beta + size * step
+        trial_value = objective(trial)
+        if trial_value <= value - 0.25 * size * decrement:
+            return trial, trial_value
+        size *= 0.5
+    return None
 
 
 def nash_point(gram: np.ndarray, start: np.ndarray, max_iter: int = 100) -> np.ndarray | None:
@@ -100,19 +125,10 @@ def nash_point(gram: np.ndarray, start: np.ndarray, max_iter: int = 100) -> np.n
         decrement = float(-grad @ step)
         if decrement <= 1e-24 * max(1.0, abs(value)):
             break
-        size = 1.0
-        negative = step < 0
-        if negative.any():  # stay in beta > 0
-            size = min(1.0, 0.99 * float((-beta[negative] / step[negative]).min()))
-        while size > 1e-16:
-            trial = beta + size * step
-            trial_value = potential(trial)
-            if trial_value <= value - 0.25 * size * decrement:
-                break
-            size *= 0.5
-        else:
+        found = _line_search(potential, beta, step, value, decrement)
+        if found is None:
             break
-        beta, value = trial, trial_value
+        beta, value = found
         if not np.isfinite(value) or float(beta.max()) > 1e12:
             return None
     residual = beta * (gram @ beta) - 1.0
@@ -182,19 +198,10 @@ def barrier_solve(
             if decrement <= 1e-12:  # Newton decrement^2: affine-invariant, barrier units
                 stalled = False
                 break
-            size = 1.0
-            negative = step < 0
-            if negative.any():  # stay in beta > 0
-                size = min(1.0, 0.99 * float((-beta[negative] / step[negative]).min()))
-            while size > 1e-16:
-                trial = beta + size * step
-                trial_value = barrier(trial, t)
-                if trial_value <= value - 0.25 * size * decrement:
-                    break
-                size *= 0.5
-            else:
+            found = _line_search(functools.partial(barrier, t=t), beta, step, value, decrement)
+            if found is None:
                 break
-            beta, value = trial, trial_value
+            beta, value = found
             if float(beta.max()) > 1e15:
                 return None
         objective = float(lin @ beta)
