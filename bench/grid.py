@@ -177,16 +177,23 @@ def _has_baselines(ds: Component) -> bool:
     return all(t.kind != "objective" for t in data.load(ds.name, **ds.params).tasks)
 
 
-def _check_compatible(spec: TrialSpec, source: str) -> None:
+def _check_compatible(spec: TrialSpec, source: str, checked: set[tuple[str, ...]]) -> None:
+    """Config errors for a strategy that cannot run on this dataset, architecture and
+    engine; each distinct combination is checked once per grid (``checked``)."""
     from bench.engine import ENGINES
     from strategies.sharing import SHARING
     from strategies.weighting import WEIGHTING
 
+    num_tasks = len(spec.tasks) if spec.tasks is not None else len(task_names(spec.dataset))
+    key = (spec.weighting.name, canonical_json(spec.weighting.params), str(num_tasks),
+           spec.sharing.name, spec.train["engine"])
+    if key in checked:
+        return
+    checked.add(key)
     strategy = WEIGHTING.get(spec.weighting.name)
     try:  # hyperparameters that depend on the task count (e.g. FAMO's min_losses)
         import torch
 
-        num_tasks = len(spec.tasks) if spec.tasks is not None else len(task_names(spec.dataset))
         WEIGHTING.create(spec.weighting.name, **spec.weighting.params).reset(
             num_tasks, torch.device("cpu"), seed=spec.seed)
     except ValueError as err:
@@ -210,6 +217,7 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
     variants = [t.model_dump() for t in (sweep.train_variants or (sweep.train,))]
     probes = {k: v for k, v in sweep.probes.model_dump().items() if v}
     matched: dict[tuple[str, ...], dict[str, Any]] = {}
+    checked: set[tuple[str, ...]] = set()
     trials: dict[str, TrialSpec] = {}
     baselines: dict[str, TrialSpec] = {}
     for train, ds, sh, wt, seed, sampling in itertools.product(
@@ -235,7 +243,7 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
         spec = TrialSpec(ds, sh, wt, seed, matched[key], train, probes=probes,
                          sampling=sampling)
         if sh.name != BASELINE_SHARING:
-            _check_compatible(spec, sweep.source)
+            _check_compatible(spec, sweep.source, checked)
             trials.setdefault(spec.id, spec)
         if _has_baselines(ds):
             for task in task_names(ds):
