@@ -222,29 +222,28 @@ def min_norm_weights(gramian: np.ndarray) -> np.ndarray:
     return x / x.sum()
 
 
-def normalize_gramian(gramian: np.ndarray, norm_eps: float) -> np.ndarray:
-    """G / trace(G), the Gramian of J / ||J||_F; zeros when trace(G) = ||J||_F^2 < norm_eps
-    (torchjd's ``normalize``)."""
-    trace = float(gramian.trace())
-    if trace < norm_eps or trace <= 0.0:
-        return np.zeros_like(gramian)
-    return gramian / trace
-
-
 def dual_cone_weights(
     gramian: np.ndarray, prefs: np.ndarray, norm_eps: float, reg_eps: float
 ) -> np.ndarray:
     """Weights of the projections of J^T u onto the dual cone {d : J d >= 0}, for each row u.
 
     By Proposition 1 of Quinton & Rey (https://arxiv.org/abs/2406.16232) the projection
-    of J^T u is J^T v with v = argmin_{v >= u} v^T G v. As in torchjd, G is first divided
-    by its trace (``norm_eps`` guards the division) and ``reg_eps`` I is added so that the
-    QP is strictly convex. With v = u + x the problem is
-    min_{x >= 0} 1/2 x^T G x + (G u)^T x, solved exactly by :func:`nonneg_qp`.
+    of J^T u is J^T v with v = argmin_{v >= u} v^T G v. As in torchjd, the problem is
+    posed on G / trace(G) + ``reg_eps`` I (``norm_eps`` guards the division; the ridge
+    makes the QP strictly convex), solved here as its multiple G + reg_eps trace(G) I.
+    With v = u + x the problem is min_{x >= 0} 1/2 x^T G x + (G u)^T x, solved exactly by
+    :func:`nonneg_qp`.
     ``prefs`` is (K, T); returns the (K, T) weights v.
     """
     num = gramian.shape[0]
-    reg = normalize_gramian(gramian, norm_eps) + reg_eps * np.eye(num)
+    trace = float(gramian.trace())
+    if trace < norm_eps or trace <= 0.0:
+        reg = reg_eps * np.eye(num)  # torchjd's guard: the normalised Gramian is 0
+    else:
+        # trace * (G / trace + reg_eps I): the same minimiser (the objective is only
+        # scaled), without the rounding of the division, which on nearly degenerate
+        # cones erases the small eigenvalues that decide the answer.
+        reg = gramian + (reg_eps * trace) * np.eye(num)
     out = np.empty_like(prefs, dtype=np.float64)
     for k, u in enumerate(prefs):
         out[k] = u + nonneg_qp(reg, reg @ u)

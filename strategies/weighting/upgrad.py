@@ -21,6 +21,12 @@ slightly regularised J, and d may conflict with a task by at most ~reg_eps relat
 exactly by the Lawson-Hanson active-set method in float64: the KKT residual is below
 1e-13 of max(|G|, |G u|), i.e. exact up to rounding (torchjd uses quadprog).
 
+Nearly degenerate cones (e.g. g_1 and g_2 almost opposite with a third gradient across
+them, Gramian condition numbers of 1e10 and more) need very large weights v, and the
+rounding of G = J J^T itself then limits the accuracy: with reg_eps = 0 a conflict of
+about cond(G) * eps relative to ||J||^2 can remain (1e-9 to 1e-5 in the cases found).
+The default ridge reg_eps = 1e-4 dominates that error.
+
 Scale: d(c J) = c d(J) for c > 0 while ||J||_F^2 and c^2 ||J||_F^2 are both >= norm_eps.
 T = 1 gives the task's own gradient times p_1. One host transfer of the T x T Gramian per
 step (a sync on an accelerator); NaN/Inf raise ``FloatingPointError``.
