@@ -71,12 +71,17 @@ class TrainSettings(pydantic.BaseModel):
     threads: Annotated[int, Field(ge=1, le=256)] = 1
 
 
+ProbeEvery = Annotated[int, Field(ge=0)] | Literal["auto"]
+
+
 class ProbeSettings(pydantic.BaseModel):
-    """Training-time probes of multi-task trials (0 = off): every N steps."""
+    """Training-time probes of multi-task trials: every N steps (0 = off), or ``"auto"``:
+    about ``bench.probes.AUTO_PROBES`` (20) probes per trial, every
+    max(1, total steps // 20) steps, whatever the trial's length."""
 
     model_config = _STRICT
-    conflict_every: Annotated[int, Field(ge=0)] = 0
-    affinity_every: Annotated[int, Field(ge=0)] = 0
+    conflict_every: ProbeEvery = 0
+    affinity_every: ProbeEvery = 0
 
 
 class Filter(pydantic.BaseModel):

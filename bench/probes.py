@@ -14,6 +14,13 @@
 Probes run their own forward passes inside ``torch.random.fork_rng`` and use
 ``autograd.grad`` (no ``.grad`` accumulation), so a trial's result is the same
 with or without them; only its cost changes.
+
+Schedule: every N steps from step 0, or ``"auto"``: about ``AUTO_PROBES`` probes per
+trial (every max(1, total_steps // AUTO_PROBES) steps). Every result carries
+``probed_steps`` (how many steps it averages over), ``every`` and ``trial_steps``; a
+result from fewer than ``MIN_PROBED_STEPS`` probed steps is mostly the step-0
+measurement, taken before any strategy acted, and the report does not show it as a
+per-strategy finding.
 """
 
 from __future__ import annotations
@@ -25,7 +32,18 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-__all__ = ["AffinityProbe", "ConflictProbe", "Probe", "build_probes"]
+__all__ = [
+    "AUTO_PROBES",
+    "MIN_PROBED_STEPS",
+    "AffinityProbe",
+    "ConflictProbe",
+    "Probe",
+    "build_probes",
+    "probe_interval",
+]
+
+AUTO_PROBES = 20  # probes per trial under every = "auto"
+MIN_PROBED_STEPS = 5  # fewer: not reported as a per-strategy finding
 
 LossFn = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]
 
@@ -35,9 +53,14 @@ class Probe:
 
     name = ""
 
-    def __init__(self, every: int, task_names: Sequence[str]) -> None:
+    def __init__(self, every: int, task_names: Sequence[str], trial_steps: int | None = None,
+                 ) -> None:
         self.every = every
         self.tasks = list(task_names)
+        self.trial_steps = trial_steps
+
+    def _coverage(self, probed: int) -> dict[str, Any]:
+        return {"probed_steps": probed, "every": self.every, "trial_steps": self.trial_steps}
 
     def observe(
         self,
@@ -67,8 +90,9 @@ class ConflictProbe(Probe):
 
     name = "conflict"
 
-    def __init__(self, every: int, task_names: Sequence[str]) -> None:
-        super().__init__(every, task_names)
+    def __init__(self, every: int, task_names: Sequence[str], trial_steps: int | None = None,
+                 ) -> None:
+        super().__init__(every, task_names, trial_steps)
         self.steps: list[int] = []
         self._cos: list[torch.Tensor] = []
         self._gms: list[torch.Tensor] = []
@@ -95,7 +119,7 @@ class ConflictProbe(Probe):
 
     def result(self) -> dict[str, Any]:
         if not self.steps:
-            return {"steps": [], "pairs": {}, "conflict_fraction": {}}
+            return {"steps": [], "pairs": {}, "conflict_fraction": {}, **self._coverage(0)}
         cos = torch.stack(self._cos).cpu()  # one transfer, at the end of training
         gms = torch.stack(self._gms).cpu()
         pairs: dict[str, Any] = {}
@@ -107,7 +131,8 @@ class ConflictProbe(Probe):
                 "magnitude_similarity": gms[:, i, j].tolist(),
             }
             fraction[key] = float((cos[:, i, j] < 0).float().mean())
-        return {"steps": self.steps, "pairs": pairs, "conflict_fraction": fraction}
+        return {"steps": self.steps, "pairs": pairs, "conflict_fraction": fraction,
+                **self._coverage(len(self.steps))}
 
 
 class AffinityProbe(Probe):
@@ -115,11 +140,13 @@ class AffinityProbe(Probe):
 
     name = "affinity"
 
-    def __init__(self, every: int, task_names: Sequence[str], lr: float) -> None:
-        super().__init__(every, task_names)
+    def __init__(self, every: int, task_names: Sequence[str], lr: float,
+                 trial_steps: int | None = None) -> None:
+        super().__init__(every, task_names, trial_steps)
         self.lr = lr
         self._sum: torch.Tensor | None = None
         self._count = 0
+        self.steps: list[int] = []
 
     def _observe(self, step, model, shared, batch, compute_losses) -> None:
         x, y = batch
@@ -141,26 +168,40 @@ class AffinityProbe(Probe):
             affinity[i] = 1 - after / base
         self._sum = affinity if self._sum is None else self._sum + affinity
         self._count += 1
+        self.steps.append(step)
 
     def result(self) -> dict[str, Any]:
         if self._sum is None:
-            return {"matrix": {}, "observations": 0}
+            return {"matrix": {}, "observations": 0, "steps": [], **self._coverage(0)}
         mean = (self._sum / self._count).cpu().tolist()
         matrix = {
             self.tasks[i]: {self.tasks[j]: mean[i][j] for j in range(len(self.tasks))}
             for i in range(len(self.tasks))
         }
-        return {"matrix": matrix, "observations": self._count}
+        return {"matrix": matrix, "observations": self._count, "steps": self.steps,
+                **self._coverage(self._count)}
 
 
-def build_probes(settings: dict[str, Any], task_names: Sequence[str], lr: float) -> list[Probe]:
-    """Probes enabled in a trial's ``probes`` settings (``conflict_every``, ``affinity_every``;
-    0 = off). Single-task trials get none."""
+def probe_interval(every: int | str, total_steps: int) -> int:
+    """Steps between probes: ``every`` itself, or for ``"auto"`` about ``AUTO_PROBES`` per
+    trial of ``total_steps`` steps (0 = off)."""
+    if every == "auto":
+        return max(1, total_steps // AUTO_PROBES)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ValueError(f"probe interval must be a step count >= 0 or 'auto', got {every!r}")
+    return every
+
+
+def build_probes(settings: dict[str, Any], task_names: Sequence[str], lr: float,
+                 total_steps: int) -> list[Probe]:
+    """Probes enabled in a trial's ``probes`` settings (``conflict_every``, ``affinity_every``:
+    a step count, 0 = off, or ``"auto"``) for a trial of ``total_steps`` steps. Single-task
+    trials get none."""
     if len(task_names) < 2:
         return []
     probes: list[Probe] = []
-    if settings.get("conflict_every", 0) > 0:
-        probes.append(ConflictProbe(settings["conflict_every"], task_names))
-    if settings.get("affinity_every", 0) > 0:
-        probes.append(AffinityProbe(settings["affinity_every"], task_names, lr))
+    if (every := probe_interval(settings.get("conflict_every", 0), total_steps)) > 0:
+        probes.append(ConflictProbe(every, task_names, total_steps))
+    if (every := probe_interval(settings.get("affinity_every", 0), total_steps)) > 0:
+        probes.append(AffinityProbe(every, task_names, lr, total_steps))
     return probes

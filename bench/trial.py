@@ -221,7 +221,8 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     train_seconds = 0.0
-    probes = build_probes(spec.probes, [t.name for t in tasks], train["lr"])
+    probes = build_probes(spec.probes, [t.name for t in tasks], train["lr"],
+                          total_steps=steps_per_epoch * train["epochs"])
     # Index of the first step with a non-finite loss, kept on the device (no per-step sync).
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
 

@@ -87,3 +87,34 @@ def test_results_do_not_depend_on_the_callers_thread_count(write_spec):
     b = execute(spec)
     assert a["metrics"] == b["metrics"]
     assert a["env"]["threads"] == b["env"]["threads"] == spec.train["threads"] == 1
+
+
+def test_probe_results_carry_their_coverage_and_auto_gives_about_20(write_spec):
+    """A fixed interval longer than the trial probes step 0 only, and says so; "auto" probes
+    about AUTO_PROBES steps of any trial."""
+    from bench.probes import AUTO_PROBES, probe_interval
+
+    long = execute(_trial(write_spec, "probes.conflict_every=100", "probes.affinity_every=100"))
+    for name in ("conflict", "affinity"):
+        res = long["probes"][name]
+        assert (res["probed_steps"], res["every"], res["trial_steps"]) == (1, 100, 8)
+        assert res["steps"] == [0]
+    auto = execute(_trial(write_spec, "train.epochs=10", "probes.conflict_every=auto",
+                          "probes.affinity_every=auto"))
+    assert auto["timing"]["steps"] == 40
+    for name in ("conflict", "affinity"):
+        res = auto["probes"][name]
+        assert (res["probed_steps"], res["every"], res["trial_steps"]) == (20, 2, 40)
+        assert res["steps"] == list(range(0, 40, 2))
+    assert auto["probes"]["affinity"]["observations"] == 20
+    assert probe_interval("auto", 5) == 1 and probe_interval("auto", 1000) == 1000 // AUTO_PROBES
+    assert probe_interval(0, 1000) == 0 and probe_interval(7, 3) == 7
+
+
+def test_probe_schedule_rejects_other_words(write_spec):
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="conflict_every"):
+        load_spec(write_spec(), overrides=["probes.conflict_every=often"])
+    spec = load_spec(write_spec(), overrides=["probes.conflict_every=auto"])
+    assert spec.probes.conflict_every == "auto"
