@@ -23,9 +23,23 @@ lambda, so lambda is the root of ||J^T v(lambda)|| - phi. On a fixed active set 
 affine in lambda and ||J^T v||^2 a quadratic, so the root is found exactly: bracket it,
 then repeatedly solve for v(lambda) with the exact Lawson-Hanson active-set solver and
 jump to the quadratic's root on that active set (bisection when it leaves the bracket),
-until that root satisfies the KKT conditions (finite; typically 2-4 QP solves). G is
-first divided by its trace (weights are scale-free) and gets a 1e-12 ridge so that every
-QP is strictly convex (the result is exact up to that ridge: duality gap ~1e-11 relative).
+until that root satisfies the KKT conditions (finite; typically 2-4 QP solves). Everything
+runs in float64 on the host: G is first divided by its trace (weights are scale-free),
+projected onto the PSD cone (a float32 Gramian of a rank-deficient J has eigenvalues of
+either sign around 1e-8 trace, and a negative one makes the QPs non-convex) and gets a
+1e-12 ridge so that every QP is strictly convex (the result is exact up to that ridge:
+duality gap ~1e-11 relative).
+
+The stationary case is handled explicitly, because there the reformulation degenerates
+(||g_w|| -> 0, v unbounded). Multiplying the KKT conditions by w shows lambda = the dual
+optimum. When the min-norm point of the hull of the rows (MGDA's, solved exactly) has
+||g_w|| < ``norm_eps`` ||J||_F, 0 is in the hull and:
+
+- c >= 1: g_w . g_0 + phi ||g_w|| >= (c - 1) ||g_0|| ||g_w|| >= 0 for every w, so the
+  optimum is g_w = 0 and d = 0 (it lies in the ball and conflicts with no task);
+- c < 1: some w with cos(g_w, g_0) < -c may do better (negative value); the root is only
+  sought at lambda < -(1 + c) ||g_0|| ``norm_eps`` (below the value at the min-norm point),
+  where every QP is bounded; no root there means g_w = 0 again.
 
 Conventions:
 
@@ -58,6 +72,7 @@ from strategies.weighting import WEIGHTING
 from strategies.weighting._solvers import (
     HostGramianWeighting,
     gramian_to_host,
+    min_norm_weights,
     nonneg_qp,
     weights_to_device,
 )
@@ -96,6 +111,19 @@ def _refine(
     return exact, lam
 
 
+def _psd(gram: np.ndarray) -> np.ndarray:
+    """``gram`` with its negative eigenvalues set to zero (a PSD matrix, in float64).
+
+    A Gramian rounded in float32 has eigenvalues of either sign around ~1e-8 trace where
+    the exact one has zeros (rank-deficient J, more tasks than dimensions); a negative one
+    makes the QPs below non-convex and their solutions meaningless.
+    """
+    eigvals, eigvecs = np.linalg.eigh(gram)
+    if eigvals.min(initial=0.0) >= 0.0:
+        return gram
+    return (eigvecs * np.clip(eigvals, 0.0, None)) @ eigvecs.T
+
+
 def cagrad_weights(gramian: np.ndarray, c: float, norm_eps: float) -> np.ndarray:
     """CAGrad's weights on the rows of J (before ``rescale``), exact, from the Gramian."""
     num = gramian.shape[0]
@@ -103,13 +131,33 @@ def cagrad_weights(gramian: np.ndarray, c: float, norm_eps: float) -> np.ndarray
     trace = float(gramian.trace())
     if trace <= 0.0:  # all gradients zero: d = 0 whatever the weights
         return mean
-    gram = gramian / trace
+    gram = _psd(gramian / trace)
     lin = gram @ mean  # a = J g_0
     g0_sq = float(mean @ lin)
     if c == 0.0 or g0_sq <= 0.0:
         return mean  # the ball is the point g_0
-    phi = c * math.sqrt(g0_sq)
+    g0_norm = math.sqrt(g0_sq)
+    phi = c * g0_norm
     quad = gram + RIDGE * np.eye(num)
+
+    # The stationary case, explicitly. The multiplier lambda is the dual's optimal value
+    # (multiply its KKT conditions by w), and f(w) = g_w . g_0 + phi ||g_w|| is at most
+    # (1 + c) ||g_0|| ||g_w|| at the min-norm point w_m of the hull. When ||g_w_m|| <
+    # norm_eps (0 in the hull: Pareto-stationary) the QPs for lambda >= 0 are unbounded
+    # along w_m (the degenerate case of v = phi w / ||g_w||), so:
+    # - c >= 1: f(w) >= (c - 1) ||g_0|| ||g_w|| >= 0 for every w, so w_m is optimal and
+    #   g_w = 0: d = 0 (it lies in the ball and conflicts with no task);
+    # - c < 1: a better w has f(w) < 0; look for lambda only below -upper (the value at
+    #   w_m up to norm_eps), where every QP is bounded; none there means g_w = 0 again.
+    # a_t > norm_eps ||g_0|| for all t bounds ||g_w|| >= min_t a_t / ||g_0|| from below,
+    # which skips the min-norm solve in the common case.
+    upper = math.inf
+    if float(lin.min()) < norm_eps * g0_norm:
+        w_m = min_norm_weights(gram)
+        if math.sqrt(max(float(w_m @ gram @ w_m), 0.0)) < norm_eps:
+            if c >= 1.0:
+                return np.zeros(num)
+            upper = -(1.0 + c) * g0_norm * norm_eps
 
     def solve(lam: float) -> tuple[np.ndarray, float]:
         v = nonneg_qp(quad, lin - lam)
@@ -117,17 +165,25 @@ def cagrad_weights(gramian: np.ndarray, c: float, norm_eps: float) -> np.ndarray
 
     # Bracket the root of ||J^T v(lambda)|| - phi: below min(a), v = 0.
     low = float(lin.min())
-    gap = max(phi, 1e-12)
-    v, excess = solve(low + gap)
-    while excess < 0.0 and gap < 1e30:
-        low, gap = low + gap, 2.0 * gap
+    if low >= upper:
+        return np.zeros(num)
+    if math.isfinite(upper):
+        high = upper
+        v, excess = solve(high)
+        if excess < 0.0:  # the optimum is the stationary point: g_w = 0
+            return np.zeros(num)
+    else:
+        gap = max(phi, 1e-12)
         v, excess = solve(low + gap)
-    high = low + gap
+        while excess < 0.0 and gap < 1e30:
+            low, gap = low + gap, 2.0 * gap
+            v, excess = solve(low + gap)
+        high = low + gap
     # Safeguarded search: the closed-form root on the current support when it falls
     # inside the bracket, bisection otherwise; exact as soon as that root is consistent.
     for _ in range(200):
         refined, lam = _refine(quad, lin, v, phi)
-        if refined is not None:
+        if refined is not None and lam is not None and lam <= high:
             v = refined
             break
         if lam is None or not low < lam < high:
