@@ -691,6 +691,19 @@ def test_config_never_conflicts_with_independent_gradients(jac):
     assert ((jacobian @ d) >= -1e-9 * scale_of(jacobian)).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_config_cancelling_unit_gradients_give_zero_in_any_order(device, dtype):
+    # Issue 14: rank 1, two exactly opposed pairs: the unit gradients sum to 0, so
+    # U^+ 1 = 0 and the direction is 0. An absolute zero test (||U^+ 1||^2 = 3e-33 > 0)
+    # returned a direction of ~||J||_F opposing two tasks, for some orders only.
+    u = torch.tensor([0.3, -1.7, 0.8, 2.1, 0.05], dtype=F64)
+    jac = torch.stack([1.3 * u, -0.7 * u, 2.9 * u, -0.11 * u]).to(device, dtype)
+    for order in itertools.permutations(range(4)):
+        d = direction("config", jac[list(order)])
+        assert d.norm().item() == 0.0
+
+
 # --------------------------------------------------------------------------- in the harness
 
 

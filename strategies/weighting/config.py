@@ -17,7 +17,10 @@ U^+ p = J^T w0 with w0 = D^-1 (D^-1 G D^-1)^+ p, hence ||U^+ p||^2 = w0^T G w0 a
 
     weights = (1^T G w0 / w0^T G w0) w0,        d = weights^T J.
 
-Zero gradients get zero unit vectors (as torchjd's ``nan_to_num``). The pseudo-inverse
+Zero gradients get zero unit vectors (as torchjd's ``nan_to_num``). When U^+ p = 0 (p
+orthogonal to the span of the unit gradients, e.g. unit gradients that cancel exactly)
+the direction is zero; the test is relative: zero when the projection of p onto the
+range of U, bounded by sqrt(trace(U U^T)) ||U^+ p||, is below sqrt(T eps) ||p||. The pseudo-inverse
 treats eigenvalues of the unit Gramian below T * eps * lambda_max as zero (torchjd takes
 the pseudo-inverse of the (T, P) matrix U itself; the Gramian route loses half the digits
 for nearly dependent gradients: singular values below ~1e-7 of the largest count as 0 in
@@ -55,7 +58,11 @@ def config_weights(gramian: np.ndarray, prefs: np.ndarray, eps: float) -> np.nda
     w0 = (psd_pinv(unit, num * eps) @ prefs) / safe
     w0[~nonzero] = 0.0
     sq_norm = float(w0 @ gramian @ w0)  # ||U^+ p||^2
-    if not sq_norm > 0.0:
+    # U^+ p = 0 exactly when p is orthogonal to the range of U, and ||U^+ p||^2 >=
+    # ||P p||^2 / lambda_max(U U^T) >= ||P p||^2 / trace for the projection P p of p onto
+    # that range: a projection below sqrt(T eps) ||p|| is rounding (an absolute test saw
+    # 3e-33 on exactly cancelling unit gradients and returned a conflicting direction).
+    if not sq_norm * float(unit.trace()) > num * eps * float(prefs @ prefs):
         return np.zeros(num)
     length_times_norm = float(np.ones(num) @ gramian @ w0)  # sum_t g_t . U^+ p
     return (length_times_norm / sq_norm) * w0
