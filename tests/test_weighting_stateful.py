@@ -92,8 +92,14 @@ def test_defaults_follow_the_papers_and_official_code():
     assert WEIGHTING.resolve("graddrop", {}) == {"leak": 0.0}
     assert WEIGHTING.resolve("gradvac", {}) == {"beta": 1e-2}
     assert WEIGHTING.resolve("moco", {}) == {
-        "beta": 0.5, "beta_sigma": 0.5, "gamma": 0.1, "gamma_sigma": 0.5, "rho": 0.0
+        "variant": "authors", "beta": None, "beta_sigma": None, "gamma": None,
+        "gamma_sigma": None, "rho": None,
     }
+    authors, libmtl = get("moco"), get("moco", variant="libmtl")
+    steps = ("beta", "beta_sigma", "gamma", "gamma_sigma", "rho")
+    assert [getattr(authors, k) for k in steps] == [0.1, 0.0, 0.1, 0.0, 0.1]
+    assert [getattr(libmtl, k) for k in steps] == [0.5, 0.5, 0.1, 0.5, 0.0]
+    assert get("moco", variant="libmtl", rho=0.2).rho == 0.2
     assert WEIGHTING.resolve("fairgrad", {}) == {"alpha": 1.0, "max_iter": None}
     assert WEIGHTING.resolve("excess_mtl", {}) == {"robust_step_size": 1e-2}
     assert WEIGHTING.resolve("sdmgrad", {}) == {
@@ -111,6 +117,7 @@ def test_defaults_follow_the_papers_and_official_code():
         ("gradvac", {"group": "layer"}),
         ("moco", {"beta": 0.0}),
         ("moco", {"gamma_sigma": -1.0}),
+        ("moco", {"variant": "paper"}),
         ("fairgrad", {"alpha": -1.0}),
         ("fairgrad", {"max_iter": 0}),
         ("fairgrad", {"alpha": "1"}),
@@ -464,10 +471,48 @@ def test_moco_updates_by_hand(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_moco_default_is_the_authors_update(device):
+    # Issue 14: the default is the authors' code (Trade-Off-MOL's grad_moco / MoCo.py):
+    # y <- y - 0.1 (y - g); lambda <- Proj(lambda - 0.1 (y y^T lambda + 0.1 lambda)),
+    # constant steps; it was LibMTL's decaying 0.5 / t^0.5 and 0.1 / t^0.5 with rho = 0.
+    moco = make("moco", 3, device)
+    tracked, lambd = np.zeros((3, 5)), np.full(3, 1 / 3)
+    for t in range(1, 6):
+        jac = random_jacobian(3, 5, t, device)
+        d = moco.aggregate(jac)
+        tracked = tracked - 0.1 * (tracked - jac.cpu().numpy())
+        lambd = np_project(lambd - 0.1 * (tracked @ (tracked.T @ lambd) + 0.1 * lambd))
+        np.testing.assert_allclose(moco.tracked.cpu().numpy(), tracked, atol=1e-12)
+        np.testing.assert_allclose(moco.last_weights.cpu().numpy(), lambd, atol=1e-9)
+        np.testing.assert_allclose(d.cpu().numpy(), lambd @ tracked, atol=1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_moco_libmtl_variant_by_hand(device):
+    # LibMTL's MoCo: g_i / (||g_i|| + 1e-8) * L_i, decaying steps, softmax for lambda.
+    moco = make("moco", 3, device, variant="libmtl")
+    tracked, lambd = np.zeros((3, 5)), np.full(3, 1 / 3)
+    for t in range(1, 6):
+        jac = random_jacobian(3, 5, t, device)
+        losses = torch.tensor([0.5, 2.0, 1.3], dtype=F64, device=device)
+        d = moco.aggregate(jac, losses)
+        grads = jac.cpu().numpy()
+        grads = grads / (np.linalg.norm(grads, axis=1, keepdims=True) + 1e-8)
+        grads = grads * losses.cpu().numpy()[:, None]
+        tracked = tracked - 0.5 / t**0.5 * (tracked - grads)
+        moved = lambd - 0.1 / t**0.5 * (tracked @ tracked.T) @ lambd
+        lambd = np.exp(moved) / np.exp(moved).sum()
+        np.testing.assert_allclose(moco.last_weights.cpu().numpy(), lambd, atol=1e-12)
+        np.testing.assert_allclose(d.cpu().numpy(), lambd @ tracked, atol=1e-12)
+    with pytest.raises(ValueError, match="losses"):
+        make("moco", 3, device, variant="libmtl").aggregate(jac)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_moco_tracks_a_constant_gradient(device):
     # One task, the same gradient every step: Y_t = (1 - prod_s (1 - beta_s)) g -> g.
     jac = random_jacobian(1, 6, 0, device)
-    moco = make("moco", 1, device)
+    moco = make("moco", 1, device, beta_sigma=0.5, beta=0.5)
     remaining = 1.0
     for t in range(1, 101):
         d = moco.aggregate(jac)

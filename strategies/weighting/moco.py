@@ -14,16 +14,26 @@ stochastic Jacobian at step t = 1, 2, ...:
                                                                       lambda_0 = 1/T
     d_t      = Y_t^T lambda_t,
 
-with decaying step sizes beta_t = beta / t^beta_sigma and gamma_t = gamma / t^gamma_sigma
-(the analysis uses decaying steps; sigma = 0 keeps them constant). ``rho`` is the
-l2 regularisation of the lambda subproblem.
+with step sizes beta_t = beta / t^beta_sigma and gamma_t = gamma / t^gamma_sigma (the
+analysis uses decaying steps; sigma = 0 keeps them constant). ``rho`` is the l2
+regularisation of the lambda subproblem.
 
-Defaults: LibMTL's (beta = 0.5, beta_sigma = 0.5, gamma = 0.1, gamma_sigma = 0.5,
-rho = 0). The authors' later code (Trade-Off-MOL) uses constant beta = gamma = rho = 0.1.
-Deviations of LibMTL not followed here (the paper's Algorithm 1 is): LibMTL replaces the
-simplex projection by a softmax of lambda - gamma_t (...), and rescales each gradient to
-g_i / ||g_i|| * L_i before tracking. The paper's optional projection of y_i onto a ball
-of radius L_i (bounded gradients) is omitted, as in both codes.
+``variant`` (default ``"authors"``) picks the method and its default step sizes:
+
+- ``"authors"``: the update above with the authors' values, constant beta = gamma = rho =
+  0.1 (beta_sigma = gamma_sigma = 0): the authors' code, Fernando et al.'s
+  https://github.com/heshandevaka/Trade-Off-MOL (``grad_moco`` in the toy experiments and
+  ``LibMTL/weighting/MoCo.py``, ``beta_moco = gamma_moco = rho_moco = 0.1``, its gradient
+  normalisation ``moco_gn`` off by default, as here).
+- ``"libmtl"``: LibMTL's ``MoCo`` (https://github.com/median-research-group/LibMTL),
+  which differs in the rule, not only the values: each gradient is first rescaled to
+  g_i / (||g_i|| + 1e-8) * L_i (so the task losses are needed), the simplex projection
+  is replaced by softmax(lambda - gamma_t (Y Y^T + rho I) lambda), and its defaults are
+  beta = 0.5, beta_sigma = 0.5, gamma = 0.1, gamma_sigma = 0.5, rho = 0.
+
+The step-size hyperparameters default to ``None``: the variant's values; any one given
+overrides it. The paper's optional projection of y_i onto a ball of radius L_i (bounded
+gradients) is omitted, as in both codes.
 
 Conventions: the direction is built from Y, not from J, so MoCo is a plain
 :class:`GradientWeighting`. Y starts at 0, so early directions are shrunk (with T = 1,
@@ -36,7 +46,7 @@ sort-based closed form), no host sync per step.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pydantic
 import torch
@@ -63,29 +73,41 @@ def project_to_simplex(vector: torch.Tensor) -> torch.Tensor:
     return (vector - theta).clamp_min(0.0)
 
 
+VARIANT_DEFAULTS = {
+    # beta, beta_sigma, gamma, gamma_sigma, rho
+    "authors": (0.1, 0.0, 0.1, 0.0, 0.1),
+    "libmtl": (0.5, 0.5, 0.1, 0.5, 0.0),
+}
+
+
 @WEIGHTING.register("moco")
 class MoCo(GradientWeighting):
     """MoCo: track task gradients (rate beta), one projected step on lambda (rate gamma).
 
     Y <- Y - beta_t (Y - J); lambda <- Proj(lambda - gamma_t (Y Y^T + rho I) lambda); the
     direction is lambda @ Y. Step sizes decay as t^-beta_sigma and t^-gamma_sigma.
+    ``variant``: ``"authors"`` (default; constant 0.1 / 0.1 / 0.1) or ``"libmtl"``
+    (LibMTL's rule and step sizes); step sizes left at ``None`` take the variant's values.
     """
 
     def __init__(
         self,
         *,
-        beta: Annotated[float, pydantic.Field(gt=0.0, le=1.0)] = 0.5,
-        beta_sigma: Annotated[float, pydantic.Field(ge=0.0)] = 0.5,
-        gamma: Annotated[float, pydantic.Field(gt=0.0)] = 0.1,
-        gamma_sigma: Annotated[float, pydantic.Field(ge=0.0)] = 0.5,
-        rho: Annotated[float, pydantic.Field(ge=0.0)] = 0.0,
+        variant: Literal["authors", "libmtl"] = "authors",
+        beta: Annotated[float, pydantic.Field(gt=0.0, le=1.0)] | None = None,
+        beta_sigma: Annotated[float, pydantic.Field(ge=0.0)] | None = None,
+        gamma: Annotated[float, pydantic.Field(gt=0.0)] | None = None,
+        gamma_sigma: Annotated[float, pydantic.Field(ge=0.0)] | None = None,
+        rho: Annotated[float, pydantic.Field(ge=0.0)] | None = None,
     ) -> None:
         super().__init__()
-        self.beta = beta
-        self.beta_sigma = beta_sigma
-        self.gamma = gamma
-        self.gamma_sigma = gamma_sigma
-        self.rho = rho
+        self.variant = variant
+        given = (beta, beta_sigma, gamma, gamma_sigma, rho)
+        values = tuple(
+            default if value is None else value
+            for value, default in zip(given, VARIANT_DEFAULTS[variant], strict=True)
+        )
+        self.beta, self.beta_sigma, self.gamma, self.gamma_sigma, self.rho = values
         self.step = 0
         self.tracked: torch.Tensor | None = None  # Y, (T, P)
         self.lambd: torch.Tensor | None = None
@@ -102,6 +124,11 @@ class MoCo(GradientWeighting):
         num = jacobian.shape[0]
         work = torch.promote_types(jacobian.dtype, torch.float32)
         grads = jacobian.detach().to(work)
+        if self.variant == "libmtl":
+            if losses is None:
+                raise ValueError("moco variant 'libmtl' rescales the gradients by the losses")
+            scale = losses.detach().to(grads) / (grads.norm(dim=1) + 1e-8)
+            grads = grads * scale.unsqueeze(1)
         tracked = self.tracked
         if tracked is None:
             tracked = torch.zeros_like(grads)
@@ -118,9 +145,11 @@ class MoCo(GradientWeighting):
         beta_t = self.beta / self.step**self.beta_sigma
         gamma_t = self.gamma / self.step**self.gamma_sigma
         tracked = tracked.to(work) - beta_t * (tracked.to(work) - grads)
-        lambd = project_to_simplex(
-            lambd - gamma_t * (tracked @ (tracked.T @ lambd) + self.rho * lambd)
-        )
+        moved = lambd - gamma_t * (tracked @ (tracked.T @ lambd) + self.rho * lambd)
+        if self.variant == "libmtl":
+            lambd = torch.softmax(moved, dim=0)
+        else:
+            lambd = project_to_simplex(moved)
         self.tracked, self.lambd = tracked, lambd
         self.last_weights = lambd
         return (lambd @ tracked).to(jacobian.dtype)
