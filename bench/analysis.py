@@ -15,11 +15,15 @@ Conventions (both reported, named explicitly, in percent):
 ``M`` is the multi-task trial's test metric and ``B`` that of the single-task
 baseline trained with the same seed, so seeds pair up.
 
-Uncertainty over seeds: a percentile bootstrap of the mean over seeds
-(``BOOTSTRAP_RESAMPLES`` = 10,000 resamples of the seeds with replacement, level
-``CI_LEVEL`` = 95 %, generator seeded with ``BOOTSTRAP_SEED`` so reports are
-reproducible). One seed gives no interval (NaN bounds). A task shows *negative
-transfer* when its whole interval of relative change lies below zero.
+Uncertainty over seeds (``CI_METHOD``): a Student-t interval of the mean over seeds,
+``mean ± t_{n-1, (1 + CI_LEVEL)/2} s / sqrt(n)`` (level ``CI_LEVEL`` = 95 %, ``s`` the
+sample standard deviation). Unlike a percentile bootstrap, which with 2 seeds is just the
+minimum and maximum of the two values, it widens as the number of seeds falls (with 2
+seeds its half-width is 12.7 standard errors). One seed gives no interval (NaN bounds).
+A task shows *negative transfer* when its whole interval of relative change lies below
+zero; with fewer than ``MIN_SEEDS_VERDICT`` = 3 seeds no verdict is given (``verdict`` =
+"too few seeds (n=2)"). :func:`bootstrap_ci` (percentile bootstrap, seeded) stays
+available.
 
 Across datasets (:func:`rankings`): strategies are ranked per dataset by
 ``delta_m_task`` (rank 1 = best, ties averaged), then the Friedman test and the
@@ -55,6 +59,8 @@ __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
     "CI_LEVEL",
+    "CI_METHOD",
+    "MIN_SEEDS_VERDICT",
     "SCALARIZATION",
     "Rankings",
     "bootstrap_ci",
@@ -67,7 +73,9 @@ __all__ = [
     "rankings",
     "scalarization_front",
     "strategy_label",
+    "t_interval",
     "task_change_intervals",
+    "transfer_verdict",
     "trial_costs",
     "trial_summary",
 ]
@@ -75,6 +83,8 @@ __all__ = [
 BOOTSTRAP_RESAMPLES = 10_000
 CI_LEVEL = 0.95
 BOOTSTRAP_SEED = 0
+CI_METHOD = "Student-t interval of the mean over seeds"
+MIN_SEEDS_VERDICT = 3  # fewer seeds: no negative-transfer verdict
 SCALARIZATION = "ls"  # weighting name of linear scalarization with fixed weights
 
 GROUP = ["dataset", "sharing", "weighting"]
@@ -173,6 +183,31 @@ def bootstrap_ci(
     return (mean, float(low), float(high))
 
 
+def t_interval(
+    values: Sequence[float] | np.ndarray | pd.Series, *, level: float = CI_LEVEL
+) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``values`` (one per seed, NaN dropped) and its
+    Student-t interval, ``mean ± t_{n-1} s / sqrt(n)``. Fewer than 2 values give NaN
+    bounds; values without spread give a degenerate interval."""
+    x = np.asarray(pd.Series(values, dtype=float).dropna(), dtype=float)
+    if x.size == 0:
+        return (np.nan, np.nan, np.nan)
+    mean = float(x.mean())
+    if x.size < 2:
+        return (mean, np.nan, np.nan)
+    sem = float(x.std(ddof=1)) / np.sqrt(x.size)
+    half = float(stats.t.ppf(0.5 + level / 2.0, x.size - 1)) * sem
+    return (mean, mean - half, mean + half)
+
+
+def transfer_verdict(n_seeds: int, high: float) -> str:
+    """``yes`` (whole interval below zero), ``no``, or ``too few seeds (n=k)`` below
+    ``MIN_SEEDS_VERDICT``."""
+    if n_seeds < MIN_SEEDS_VERDICT:
+        return f"too few seeds (n={n_seeds})"
+    return "yes" if np.isfinite(high) and high < 0.0 else "no"
+
+
 def strategy_label(sharing: str, weighting: str) -> str:
     """How a (sharing, weighting) combination is named in tables and plots."""
     return f"{sharing}/{weighting}"
@@ -191,12 +226,13 @@ def _tasks_of(summary: pd.DataFrame) -> list[str]:
     return [c[len("rel_"):] for c in summary.columns if c.startswith("rel_")]
 
 
-def task_change_intervals(summary: pd.DataFrame, **bootstrap) -> pd.DataFrame:
+def task_change_intervals(summary: pd.DataFrame, *, level: float = CI_LEVEL) -> pd.DataFrame:
     """Per (dataset, sharing, weighting, task): mean relative change over seeds (percent),
-    its bootstrap interval, the number of seeds, and ``negative_transfer`` (whole interval
-    below zero)."""
+    its Student-t interval (:func:`t_interval`), the number of seeds, ``verdict`` (see
+    :func:`transfer_verdict`) and ``negative_transfer`` (verdict "yes": at least
+    ``MIN_SEEDS_VERDICT`` seeds and the whole interval below zero)."""
     columns = [*GROUP, "strategy", "task", "mean", "low", "high", "n_seeds",
-               "negative_transfer"]
+               "negative_transfer", "verdict"]
     rows = []
     tasks = _tasks_of(summary)
     for key, group in summary.groupby(GROUP, sort=True):
@@ -204,20 +240,21 @@ def task_change_intervals(summary: pd.DataFrame, **bootstrap) -> pd.DataFrame:
             values = group[f"rel_{task}"].dropna()
             if values.empty:
                 continue
-            mean, low, high = bootstrap_ci(values, **bootstrap)
+            mean, low, high = t_interval(values, level=level)
+            verdict = transfer_verdict(int(values.size), high)
             rows.append({
                 **dict(zip(GROUP, key, strict=True)),
                 "strategy": strategy_label(key[1], key[2]),
                 "task": task, "mean": mean, "low": low, "high": high,
                 "n_seeds": int(values.size),
-                "negative_transfer": bool(np.isfinite(high) and high < 0.0),
+                "negative_transfer": verdict == "yes", "verdict": verdict,
             })
     return pd.DataFrame(rows, columns=columns)
 
 
-def delta_m_intervals(summary: pd.DataFrame, **bootstrap) -> pd.DataFrame:
+def delta_m_intervals(summary: pd.DataFrame, *, level: float = CI_LEVEL) -> pd.DataFrame:
     """Per (dataset, sharing, weighting): ``delta_m_task`` and ``delta_m_metric`` (mean
-    over seeds, percent) each with ``_low``/``_high`` bootstrap bounds, and ``n_seeds``."""
+    over seeds, percent) each with ``_low``/``_high`` Student-t bounds, and ``n_seeds``."""
     columns = [*GROUP, "strategy", "n_seeds"]
     for name in ("delta_m_task", "delta_m_metric"):
         columns += [name, f"{name}_low", f"{name}_high"]
@@ -227,8 +264,8 @@ def delta_m_intervals(summary: pd.DataFrame, **bootstrap) -> pd.DataFrame:
                "strategy": strategy_label(key[1], key[2]),
                "n_seeds": int(group["delta_m_task"].notna().sum())}
         for name in ("delta_m_task", "delta_m_metric"):
-            row[name], row[f"{name}_low"], row[f"{name}_high"] = bootstrap_ci(
-                group[name], **bootstrap
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = t_interval(
+                group[name], level=level
             )
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)

@@ -28,6 +28,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from bench.analysis import MIN_SEEDS_VERDICT
+
 __all__ = [
     "affinity_heatmaps",
     "cd_diagram",
@@ -195,12 +197,12 @@ def task_changes(intervals: pd.DataFrame, title: str) -> Figure | None:
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_yticks(range(len(strategies)), [_short(s) for s in strategies])
         ax.invert_yaxis()
-        ax.set_xlabel("relative change vs single-task baseline (%) ↑, 95% bootstrap interval")
+        ax.set_xlabel("relative change vs single-task baseline (%) ↑, 95% Student-t interval")
         ax.set_title(_t(title))
         handles, labels = ax.get_legend_handles_labels()
         handles.append(Line2D([], [], marker="o", color="red", markerfacecolor="none",
                               linestyle=""))
-        labels.append("negative transfer")
+        labels.append(f"negative transfer (≥ {MIN_SEEDS_VERDICT} seeds)")
         ax.legend(handles, labels, fontsize=7, loc="best")
     return fig
 

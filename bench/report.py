@@ -322,10 +322,12 @@ def _overview(doc: _Doc, run_dir: Path, tidy: pd.DataFrame, labels: pd.DataFrame
         "with the same seed, in percent (higher is better).",
         "Δm metric ↓: metric-level mean of relative drop over all metrics, in percent "
         "(Nash-MTL / FAMO convention; lower is better).",
-        f"Intervals: {analysis.CI_LEVEL:.0%} percentile bootstrap of the mean over seeds "
-        f"({analysis.BOOTSTRAP_RESAMPLES:,} resamples, seed {analysis.BOOTSTRAP_SEED}); "
-        "one seed gives no interval. Metric values are mean ± std over seeds.",
-        "Negative transfer: a task whose whole interval of relative change lies below zero.",
+        f"Intervals: {analysis.CI_LEVEL:.0%} Student-t interval of the mean over seeds "
+        "(mean ± t(n − 1) · std / √n; wide with few seeds, as it should be); one seed gives "
+        "no interval. Metric values are mean ± std over seeds.",
+        "Negative transfer: a task whose whole interval of relative change lies below zero, "
+        f"judged only with at least {analysis.MIN_SEEDS_VERDICT} seeds (fewer: 'too few "
+        "seeds', no verdict).",
         "Metric directions: " + ", ".join(
             f"{m} {'↑' if hi else '↓'}" for m, hi in HIGHER_IS_BETTER.items())
         + ". step: training time per step; trial: wall time per trial.",
@@ -350,7 +352,7 @@ def _results(doc: _Doc, tidy: pd.DataFrame, cells: pd.DataFrame, summary: pd.Dat
         else:
             doc.table(sec, f"results-{slug(ds)}", display,
                       f"{ds}: test metrics (mean ± std over seeds) and Δm with "
-                      f"{analysis.CI_LEVEL:.0%} bootstrap intervals", raw)
+                      f"{analysis.CI_LEVEL:.0%} Student-t intervals over seeds", raw)
         w = weights[weights["dataset"] == dataset] if not weights.empty else weights
         if not w.empty:
             doc.figure(sec, f"weights-{slug(ds)}", plots.weights_over_training(
@@ -431,13 +433,23 @@ def _negative_transfer(doc: _Doc, intervals: pd.DataFrame) -> None:
         sec.blocks.append(Block("note", text="(no multi-task trial with its baselines)"))
         return
     flagged = intervals[intervals["negative_transfer"]]
+    judged = intervals[intervals["n_seeds"] >= analysis.MIN_SEEDS_VERDICT]
     sec.blocks.append(Block("para", text=(
-        f"{len(flagged)} of {len(intervals)} (strategy, task) pairs show negative transfer "
-        f"(whole {analysis.CI_LEVEL:.0%} interval of the relative change below zero).")))
+        f"{len(flagged)} of {len(judged)} judged (strategy, task) pairs show negative "
+        f"transfer (whole {analysis.CI_LEVEL:.0%} Student-t interval of the relative change "
+        f"over seeds below zero). A verdict needs at least {analysis.MIN_SEEDS_VERDICT} "
+        "seeds.")))
+    few = intervals[intervals["n_seeds"] < analysis.MIN_SEEDS_VERDICT]
+    if not few.empty:
+        sec.blocks.append(Block("note", text=(
+            f"{len(few)} of {len(intervals)} (strategy, task) pairs have fewer than "
+            f"{analysis.MIN_SEEDS_VERDICT} seeds (n = "
+            + ", ".join(str(n) for n in sorted(set(few["n_seeds"])))
+            + "): no negative-transfer verdict for them; run more seeds.")))
     disp = intervals.assign(**{
         "relative change (%)": [_ci(m, lo, hi) for m, lo, hi in zip(
             intervals["mean"], intervals["low"], intervals["high"], strict=True)],
-        "negative transfer": intervals["negative_transfer"].map({True: "yes", False: "no"}),
+        "negative transfer": intervals["verdict"],
     })[["dataset", "strategy", "task", "relative change (%)", "n_seeds", "negative transfer"]]
     show = disp[intervals["negative_transfer"].to_numpy()]
     if not show.empty:
@@ -452,7 +464,7 @@ def _negative_transfer(doc: _Doc, intervals: pd.DataFrame) -> None:
     for dataset, group in intervals.groupby("dataset", sort=True):
         ds = str(dataset)
         doc.figure(sec, f"task-changes-{slug(ds)}", plots.task_changes(group, ds),
-                   f"{ds}: relative change per task with {analysis.CI_LEVEL:.0%} bootstrap "
+                   f"{ds}: relative change per task with {analysis.CI_LEVEL:.0%} Student-t "
                    "intervals; red circles mark negative transfer.")
 
 

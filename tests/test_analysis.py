@@ -11,6 +11,7 @@ import pytest
 from bench.analysis import (
     BOOTSTRAP_RESAMPLES,
     CI_LEVEL,
+    MIN_SEEDS_VERDICT,
     bootstrap_ci,
     cost_quality,
     delta_m_intervals,
@@ -21,6 +22,7 @@ from bench.analysis import (
     rankings,
     scalarization_front,
     strategy_label,
+    t_interval,
     task_change_intervals,
     trial_summary,
 )
@@ -154,12 +156,45 @@ def test_negative_transfer_needs_the_whole_interval_below_zero():
     iv = task_change_intervals(summary).set_index(["weighting", "task"])
     a = iv.loc[("ew", "a")]
     assert a["mean"] == pytest.approx(-5.0) and a["n_seeds"] == 3
-    assert -6.0 <= a["low"] < a["mean"] < a["high"] <= -4.0
-    assert bool(a["negative_transfer"])
+    # Student-t: -5 ± t(0.975, 2) * 1 / sqrt(3) = -5 ± 2.484.
+    assert (a["low"], a["high"]) == pytest.approx((-7.484, -2.516), abs=1e-3)
+    assert bool(a["negative_transfer"]) and a["verdict"] == "yes"
     b = iv.loc[("ew", "b")]
     assert b["low"] < 0 < b["high"] and not bool(b["negative_transfer"])
     assert not bool(iv.loc[("one", "a"), "negative_transfer"])
     assert iv.loc[("ew", "a"), "strategy"] == strategy_label("hps", "ew") == "hps/ew"
+
+
+def test_t_interval_by_hand():
+    # n = 2: mean ± t(0.975, 1) s / sqrt(2) with s = 2 sqrt(2), t = 12.706: ± 25.41, far
+    # wider than the two values (a percentile bootstrap gives exactly [2, 6]).
+    mean, low, high = t_interval([2.0, 6.0])
+    assert mean == 4.0 and (low, high) == pytest.approx((4.0 - 25.4124, 4.0 + 25.4124),
+                                                          abs=1e-3)
+    mean, low, high = t_interval([1.0, 2.0, 4.0, 7.0])  # s = 2.6458, t(0.975, 3) = 3.1824
+    assert (low, high) == pytest.approx((3.5 - 4.2099, 3.5 + 4.2099), abs=1e-3)
+    assert t_interval([5.0, 5.0, float("nan"), 5.0]) == (5.0, 5.0, 5.0)
+    mean, low, high = t_interval([3.0])
+    assert mean == 3.0 and math.isnan(low) and math.isnan(high)
+    assert all(math.isnan(v) for v in t_interval([]))
+
+
+def test_no_negative_transfer_verdict_below_the_minimum_seed_count():
+    # Two seeds, both clearly negative: the percentile bootstrap gave [min, max] = [-9, -8]
+    # and "negative transfer: yes"; now there is no verdict.
+    summary = _summary([("ew", 0, {"a": -8.0, "b": 1.0}), ("ew", 1, {"a": -9.0, "b": 2.0})])
+    iv = task_change_intervals(summary).set_index("task")
+    assert MIN_SEEDS_VERDICT == 3
+    assert iv.loc["a", "verdict"] == "too few seeds (n=2)"
+    assert not bool(iv.loc["a", "negative_transfer"])
+    # The interval itself is wider than the two values (here still below 0: only the
+    # minimum seed count withholds the verdict).
+    assert iv.loc["a", "low"] < -14.0 and iv.loc["a", "high"] > -3.0
+    # A third seed that agrees gives the verdict.
+    summary = _summary([("ew", s, {"a": v, "b": 1.0}) for s, v in enumerate([-8, -9, -8.5])])
+    iv = task_change_intervals(summary).set_index("task")
+    assert iv.loc["a", "verdict"] == "yes" and bool(iv.loc["a", "negative_transfer"])
+    assert iv.loc["b", "verdict"] == "no"
 
 
 def test_delta_m_intervals_contain_the_mean():
@@ -170,6 +205,10 @@ def test_delta_m_intervals_contain_the_mean():
     for name in ("delta_m_task", "delta_m_metric"):
         assert row[f"{name}_low"] <= row[name] <= row[f"{name}_high"]
     assert row["delta_m_metric"] == pytest.approx(-4.5)
+    # Student-t over seeds: delta_m_task per seed is 1.5, 3, 9 (s = 3.9686).
+    half = 4.302653 * 3.968627 / math.sqrt(3)
+    assert (row["delta_m_task_low"], row["delta_m_task_high"]) == pytest.approx(
+        (4.5 - half, 4.5 + half), abs=1e-4)
 
 
 # --------------------------------------------------------------------------- rankings

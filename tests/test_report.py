@@ -330,6 +330,20 @@ def test_report_of_a_150_trial_run_is_fast(synthetic):
     assert float((synthetic.parent / "report_cpu_s").read_text()) < 30.0
 
 
+def test_report_gives_no_negative_transfer_verdict_below_three_seeds(tmp_path):
+    # mgda is 6 % worse on every task: with 2 seeds the percentile bootstrap interval was
+    # [min, max] of the two values and said "negative transfer: yes".
+    run = synthetic_run(tmp_path / "run", seeds=(0, 1), datasets={"toy2": {
+        "a": "binary", "b": "binary"}}, extras=False, ls=False)
+    md = write_report(run).read_text("utf-8")
+    assert "Student-t interval of the mean over seeds" in md
+    assert "judged only with at least 3 seeds" in md
+    assert "no negative-transfer verdict" in md and "Tasks with negative transfer" not in md
+    changes = (run / "tables" / "task-changes.csv").read_text().splitlines()
+    mgda = [r for r in changes if "hps/mgda" in r]
+    assert len(mgda) == 2 and all(",False,too few seeds (n=2)" in r for r in mgda)
+
+
 def test_report_without_records_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError):
         write_report(tmp_path)
