@@ -63,6 +63,10 @@ class TrainSettings(pydantic.BaseModel):
     batch_size: Annotated[int, Field(ge=1)] = 128
     eval_batch_size: Annotated[int, Field(ge=1)] = 4096
     engine: Literal["loop", "vmap", "gramian", "rep"] = "loop"
+    # Gradient-based strategies: what trains the task heads. "method": the strategy's own
+    # default (its official code); "own": each task's own loss gradient (torchjd's
+    # mtl_backward); "weighted": w_t times it, with the strategy's task weights.
+    heads: Literal["method", "own", "weighted"] = "method"
     device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")] = "cpu"
     # CUDA only: deterministic kernels (torch.use_deterministic_algorithms); slower.
     deterministic: bool = False

@@ -23,13 +23,15 @@ Engines differ in how J is obtained, so their cost is an ablation axis:
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge
 
 from strategies.weighting.base import GradientWeighting, GramianWeighting, WeightingStrategy
 
@@ -38,8 +40,12 @@ __all__ = [
     "GradientEngine",
     "NullTimer",
     "StepContext",
+    "TaskFeatures",
+    "TaskLosses",
     "Timer",
     "apply_gradients",
+    "head_gradients",
+    "loss_handles",
     "train_step",
 ]
 
@@ -59,7 +65,14 @@ class NullTimer:
 
 @dataclass
 class StepContext:
-    """What one training step works on."""
+    """What one training step works on.
+
+    ``heads`` decides the gradient of the task-specific parameters under gradient-based
+    strategies: ``"own"`` (each task's parameters get the gradient of that task's own
+    loss, as torchjd's ``mtl_backward``), ``"weighted"`` (of ``w_t L_t`` with the
+    strategy's task weights, as the official Nash-MTL, FairGrad and ExcessMTL codes
+    backpropagate ``sum_t w_t L_t``), or ``"method"`` (the strategy's declared
+    ``head_gradients``)."""
 
     model: nn.Module
     strategy: WeightingStrategy
@@ -67,6 +80,10 @@ class StepContext:
     optimizer: torch.optim.Optimizer
     shared: list[nn.Parameter]
     task_specific: list[nn.Parameter]
+    heads: HeadGradients = "method"
+
+
+HeadGradients = Literal["method", "own", "weighted"]
 
 
 def _zeros_if_none(
@@ -75,10 +92,140 @@ def _zeros_if_none(
     return [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)]
 
 
+# ---------------------------------------------------------------- per-task loss handles
+
+LossHandle = torch.Tensor | GradientEdge
+
+
+def loss_handles(losses: torch.Tensor) -> list[LossHandle]:
+    """One differentiable handle per task loss of the (T,) vector ``losses``.
+
+    Differentiating ``losses[t]`` runs backward through ``torch.stack`` into every
+    task's head (zeros for all but one), so T such calls cost O(T^2) head backwards.
+    When ``losses`` is a stack of T scalars, the handles are the stack's input edges
+    instead: each task's backward then traverses only its own head and the trunk."""
+    fn = losses.grad_fn
+    if (
+        losses.dim() == 1
+        and fn is not None
+        and type(fn).__name__ == "StackBackward0"
+        and len(fn.next_functions) == losses.shape[0]
+        and all(node is not None for node, _ in fn.next_functions)
+    ):
+        return [GradientEdge(node, nr) for node, nr in fn.next_functions]
+    return [losses[t] for t in range(losses.shape[0])]
+
+
+def _grad(
+    handle: LossHandle, inputs: Sequence[torch.Tensor], scale: torch.Tensor
+) -> list[torch.Tensor | None]:
+    return list(torch.autograd.grad(handle, inputs, grad_outputs=scale, retain_graph=True,
+                                    allow_unused=True))
+
+
+class TaskFeatures:
+    """Records the input of each task's tower during the forward pass.
+
+    Every architecture maps the shared computation to one tensor per task and applies
+    that task's tower to it (``outputs[t] = towers[t](feature_t)``). When the towers
+    hold only task-specific parameters, a task's loss reaches the shared parameters only
+    through its feature, so the Jacobian splits into T small per-task backwards (loss to
+    feature, through one tower) and one batched backward through the trunk: O(T) work,
+    as torchjd's ``mtl_backward``. The record is used only when each output of the
+    forward is the tower output it recorded (checked by identity, no host sync)."""
+
+    def __init__(self, model: nn.Module, shared: Sequence[torch.Tensor]) -> None:
+        towers = getattr(model, "towers", None)
+        shared_ids = {id(p) for p in shared}
+        self.usable = isinstance(towers, nn.ModuleDict) and not any(
+            id(p) in shared_ids for p in towers.parameters()
+        )
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        if self.usable:
+            for name, tower in towers.items():
+                tower.register_forward_hook(self._recorder(name))
+
+    def _recorder(self, name: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple, output: object) -> None:
+            if len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(
+                output, torch.Tensor
+            ):
+                self.inputs[name], self.outputs[name] = args[0], output
+            else:
+                self.inputs.pop(name, None)
+        return record
+
+    def of(self, outputs: dict[str, torch.Tensor]) -> list[torch.Tensor] | None:
+        """The features of the forward that returned ``outputs``, in its task order."""
+        if not self.usable:
+            return None
+        features = []
+        for name, out in outputs.items():
+            feature = self.inputs.get(name)
+            if feature is None or self.outputs.get(name) is not out or not feature.requires_grad:
+                return None
+            features.append(feature)
+        return features
+
+
+# ---------------------------------------------------------------- engines
+
+
+@dataclass
+class TaskLosses:
+    """The (T,) task losses of one minibatch as the engines differentiate them.
+
+    ``raw``: as the trial computed them (a stack of per-task losses); ``transformed``:
+    after the strategy's ``transform_losses`` (the rows of J are its gradients);
+    ``features``: each task's tower input when the forward recorded them (else None)."""
+
+    raw: torch.Tensor
+    transformed: torch.Tensor
+    features: list[torch.Tensor] | None = None
+    elementwise: bool = True
+
+    def __post_init__(self) -> None:
+        self.handles = loss_handles(self.raw)
+        self.scales, self.mixing = self._transform_jacobian()
+
+    def _transform_jacobian(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Per-task backward seeds, and a (T, T) matrix to apply afterwards if the
+        transform mixes tasks. An element-wise transform (IMTL, DB-MTL) becomes the seed
+        of each task's backward, so it costs nothing."""
+        raw, out = self.raw, self.transformed
+        ones = [torch.ones((), dtype=raw.dtype, device=raw.device)] * len(raw)
+        if out is raw or not out.requires_grad:
+            return ones, None
+        if isinstance(self.handles[0], torch.Tensor):
+            # Rows of ``raw`` (no stack to split): differentiate ``transformed`` itself.
+            self.handles = [out[t] for t in range(len(out))]
+            return ones, None
+        if self.elementwise:
+            (diagonal,) = torch.autograd.grad(out, raw, grad_outputs=torch.ones_like(out),
+                                              retain_graph=True)
+            return list(diagonal.unbind()), None
+        eye = torch.eye(len(raw), dtype=out.dtype, device=out.device)
+        (mixing,) = torch.autograd.grad(out, raw, grad_outputs=eye, retain_graph=True,
+                                        is_grads_batched=True)
+        return ones, mixing
+
+    def mix(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of the raw losses' gradients -> rows of the transformed losses'."""
+        return rows if self.mixing is None else self.mixing.to(rows.dtype) @ rows
+
+
+def as_task_losses(losses: Sequence[TaskLosses | torch.Tensor]) -> list[TaskLosses]:
+    """Plain (T,) loss vectors are taken untransformed."""
+    return [x if isinstance(x, TaskLosses) else TaskLosses(x, x) for x in losses]
+
+
 class GradientEngine(ABC):
     """Produces the shared parameters' gradients of a gradient-based strategy."""
 
     name: str = ""
+    #: Whether the engine uses the recorded tower inputs (``TaskFeatures``).
+    uses_features: ClassVar[bool] = False
 
     def check(  # noqa: B027 (most engines serve every strategy)
         self, strategy: type[WeightingStrategy], model: type[nn.Module]
@@ -87,21 +234,32 @@ class GradientEngine(ABC):
         architecture class (checked when the grid is built, before anything runs)."""
 
     @abstractmethod
+    def task_gradients(
+        self, losses: TaskLosses, params: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Per parameter tensor, the (T, *shape) stack of the T tasks' gradients of the
+        transformed losses. Keeps the graph alive."""
+
     def jacobian(self, losses: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(T, P): row t is the flattened gradient of ``losses[t]`` w.r.t. ``params``.
-        Keeps the graph alive."""
+        """(T, P): row t is the flattened gradient of ``losses[t]`` w.r.t. ``params``."""
+        per_param = self.task_gradients(TaskLosses(losses, losses), params)
+        return torch.cat([g.reshape(len(losses), -1) for g in per_param], 1)
 
     def shared_gradients(
         self,
-        losses_per_batch: Sequence[torch.Tensor],
+        losses_per_batch: Sequence[TaskLosses | torch.Tensor],
         strategy: GradientWeighting,
         ctx: StepContext,
         timer: Timer,
     ) -> None:
         """Set ``.grad`` of the shared parameters from the strategy's direction."""
-        jacobians = [self.jacobian(losses, ctx.shared) for losses in losses_per_batch]
+        losses_per_batch = as_task_losses(losses_per_batch)
+        jacobians = []
+        for losses in losses_per_batch:
+            per_param = self.task_gradients(losses, ctx.shared)
+            jacobians.append(torch.cat([g.reshape(len(losses.raw), -1) for g in per_param], 1))
         timer.mark("jacobian")
-        detached = [losses.detach() for losses in losses_per_batch]
+        detached = [losses.transformed.detach() for losses in losses_per_batch]
         if len(jacobians) == 1:
             direction = strategy.aggregate(jacobians[0], detached[0])
         else:
@@ -110,43 +268,95 @@ class GradientEngine(ABC):
         offset = 0
         for p in ctx.shared:
             n = p.numel()
-            p.grad = direction[offset : offset + n].view_as(p).to(p.dtype)
+            p.grad = direction[offset : offset + n].view_as(p).to(p.dtype).detach()
             offset += n
 
 
 class LoopEngine(GradientEngine):
-    """One ``autograd.grad`` call per task."""
+    """One ``autograd.grad`` call per task, each through that task's head only."""
 
     name = "loop"
 
-    def jacobian(self, losses: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
-        rows = []
-        for loss in losses:
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            rows.append(torch.cat([g.reshape(-1) for g in _zeros_if_none(grads, params)]))
-        return torch.stack(rows)
+    def task_gradients(
+        self, losses: TaskLosses, params: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        rows = [
+            _zeros_if_none(_grad(handle, params, scale), params)
+            for handle, scale in zip(losses.handles, losses.scales, strict=True)
+        ]
+        per_param = [torch.stack(gs) for gs in zip(*rows, strict=True)]
+        if losses.mixing is not None:
+            per_param = [_mix_rows(losses, g) for g in per_param]
+        return per_param
 
 
-def _batched_grads(losses: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Per parameter tensor, the (T, *shape) stack of per-task gradients (one vmapped pass)."""
-    eye = torch.eye(losses.shape[0], device=losses.device, dtype=losses.dtype)
+def _mix_rows(losses: TaskLosses, g: torch.Tensor) -> torch.Tensor:
+    return losses.mix(g.reshape(len(g), -1)).reshape(g.shape)
+
+
+def _batched_grads(
+    outputs: Sequence[LossHandle | torch.Tensor],
+    grad_outputs: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    num_tasks: int,
+) -> list[torch.Tensor]:
+    """Per parameter tensor, the (T, *shape) stack of per-task gradients (one vmapped
+    backward; ``grad_outputs`` are batched over tasks)."""
     grads = torch.autograd.grad(
-        losses, params, grad_outputs=eye, retain_graph=True, allow_unused=True,
+        outputs, params, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True,
         is_grads_batched=True,
     )
     return [
-        g if g is not None else torch.zeros(len(losses), *p.shape, device=p.device, dtype=p.dtype)
+        g if g is not None else torch.zeros(num_tasks, *p.shape, device=p.device, dtype=p.dtype)
         for g, p in zip(grads, params, strict=True)
     ]
 
 
 class VmapEngine(GradientEngine):
-    """One batched (vmapped) backward for all tasks."""
+    """Batched (vmapped) backward for all tasks.
+
+    With the towers' inputs recorded (every built-in architecture), each task's loss is
+    first differentiated w.r.t. its own feature (T small backwards, one tower each), then
+    one batched backward carries the T feature gradients through the shared trunk.
+    Otherwise one batched backward from the losses (every head sees all T seeds)."""
 
     name = "vmap"
+    uses_features = True
 
-    def jacobian(self, losses: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([g.reshape(len(losses), -1) for g in _batched_grads(losses, params)], 1)
+    def task_gradients(
+        self, losses: TaskLosses, params: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        num_tasks = len(losses.raw)
+        if losses.features is not None:
+            outputs, seeds = _feature_seeds(losses)
+        else:
+            outputs = losses.handles
+            eye = torch.eye(num_tasks, dtype=losses.raw.dtype, device=losses.raw.device)
+            seeds = [eye[t] * scale for t, scale in enumerate(losses.scales)]
+        per_param = _batched_grads(outputs, seeds, params, num_tasks)
+        if losses.mixing is not None:
+            per_param = [_mix_rows(losses, g) for g in per_param]
+        return per_param
+
+
+def _feature_seeds(losses: TaskLosses) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Unique task features and their (T, *shape) batched seeds: seed row t is the
+    gradient of task t's loss w.r.t. the feature (zero rows for the other tasks)."""
+    assert losses.features is not None
+    num_tasks = len(losses.features)
+    unique: dict[int, int] = {}
+    outputs: list[torch.Tensor] = []
+    seeds: list[torch.Tensor] = []
+    for t, (handle, scale, feature) in enumerate(
+        zip(losses.handles, losses.scales, losses.features, strict=True)
+    ):
+        (g,) = _zeros_if_none(_grad(handle, [feature], scale), [feature])
+        k = unique.setdefault(id(feature), len(outputs))
+        if k == len(outputs):
+            outputs.append(feature)
+            seeds.append(feature.new_zeros(num_tasks, *feature.shape))
+        seeds[k][t] = g
+    return outputs, seeds
 
 
 class GramianEngine(VmapEngine):
@@ -164,22 +374,24 @@ class GramianEngine(VmapEngine):
 
     def shared_gradients(
         self,
-        losses_per_batch: Sequence[torch.Tensor],
+        losses_per_batch: Sequence[TaskLosses | torch.Tensor],
         strategy: GradientWeighting,
         ctx: StepContext,
         timer: Timer,
     ) -> None:
         assert isinstance(strategy, GramianWeighting)
-        losses = losses_per_batch[0]
-        per_param = _batched_grads(losses, ctx.shared)
-        flat = [g.reshape(len(losses), -1) for g in per_param]
+        losses = as_task_losses(losses_per_batch)[0]
+        per_param = self.task_gradients(losses, ctx.shared)
+        num_tasks = len(losses.raw)
+        wide = torch.promote_types(per_param[0].dtype, torch.float32) if per_param else None
+        flat = [g.reshape(num_tasks, -1).to(wide) for g in per_param]
         gramian = sum(f @ f.T for f in flat)
         timer.mark("jacobian")
-        weights = strategy.weights(gramian, losses.detach())
-        strategy.last_weights = weights
+        weights = strategy.weights(gramian, losses.transformed.detach())
+        strategy.last_weights = weights.detach()
         timer.mark("aggregate")
         for p, g in zip(ctx.shared, per_param, strict=True):
-            p.grad = torch.tensordot(weights.to(g.dtype), g, dims=1)
+            p.grad = torch.tensordot(weights.detach().to(g.dtype), g, dims=1)
 
 
 class RepEngine(GradientEngine):
@@ -197,21 +409,24 @@ class RepEngine(GradientEngine):
                 f"'{getattr(model, 'registry_name', model.__name__)}' has none"
             )
 
-    def jacobian(self, losses: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
-        return VmapEngine.jacobian(self, losses, params)
+    def task_gradients(
+        self, losses: TaskLosses, params: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        return LoopEngine.task_gradients(self, losses, params)  # type: ignore[arg-type]
 
     def shared_gradients(
         self,
-        losses_per_batch: Sequence[torch.Tensor],
+        losses_per_batch: Sequence[TaskLosses | torch.Tensor],
         strategy: GradientWeighting,
         ctx: StepContext,
         timer: Timer,
     ) -> None:
         rep = ctx.model.representation  # type: ignore[attr-defined]
-        losses = losses_per_batch[0]
-        jac = self.jacobian(losses, [rep])
+        losses = as_task_losses(losses_per_batch)[0]
+        (jac,) = self.task_gradients(losses, [rep])
+        jac = jac.reshape(len(losses.raw), -1)
         timer.mark("jacobian")
-        direction = strategy.aggregate(jac, losses.detach())
+        direction = strategy.aggregate(jac, losses.transformed.detach())
         timer.mark("aggregate")
         grads = torch.autograd.grad(rep, ctx.shared, grad_outputs=direction.view_as(rep),
                                     retain_graph=True, allow_unused=True)
@@ -224,15 +439,24 @@ ENGINES: dict[str, type[GradientEngine]] = {
 }
 
 
+def head_gradients(ctx: StepContext) -> Literal["own", "weighted"]:
+    """How the task-specific parameters are trained under ``ctx`` (see StepContext)."""
+    if ctx.heads == "method":
+        return getattr(ctx.strategy, "head_gradients", "own")
+    return ctx.heads
+
+
 def apply_gradients(
     losses_per_batch: Sequence[torch.Tensor],
     ctx: StepContext,
     timer: Timer | None = None,
+    features: Sequence[list[torch.Tensor] | None] | None = None,
 ) -> None:
     """Set ``.grad`` of every trainable parameter (model and strategy) for one step.
 
     ``losses_per_batch`` holds the (T,) task losses of each of the step's
-    minibatches (one, unless the strategy declares ``batches_per_step``)."""
+    minibatches (one, unless the strategy declares ``batches_per_step``); ``features``
+    optionally each batch's recorded tower inputs (see :class:`TaskFeatures`)."""
     timer = timer or NullTimer()
     strategy = ctx.strategy
     transformed = [strategy.transform_losses(losses) for losses in losses_per_batch]
@@ -241,18 +465,41 @@ def apply_gradients(
         _add_regularization(ctx.model)
         timer.mark("backward")
         return
+    features = features or [None] * len(losses_per_batch)
     if ctx.shared:
-        ctx.engine.shared_gradients(transformed, strategy, ctx, timer)
+        task_losses = [
+            TaskLosses(raw, out, feats, elementwise=not strategy.transform_mixes_tasks)
+            for raw, out, feats in zip(losses_per_batch, transformed, features, strict=True)
+        ]
+        ctx.engine.shared_gradients(task_losses, strategy, ctx, timer)
     own = [p for p in (*ctx.task_specific, *strategy.parameters()) if p.requires_grad]
     if own:
         # Task parameters only feed their own task's loss, so the gradient of the sum
         # gives each its own task's gradient; strategy parameters get theirs likewise.
-        total = torch.stack(transformed).mean(0).sum()
-        grads = torch.autograd.grad(total, own, allow_unused=True)
-        for p, g in zip(own, _zeros_if_none(grads, own), strict=True):
-            p.grad = g
+        per_task = torch.stack(transformed).mean(0)
+        if head_gradients(ctx) == "weighted" and ctx.task_specific:
+            heads = [p for p in ctx.task_specific if p.requires_grad]
+            _set_grads(heads, (per_task * _task_weights(strategy)).sum(), retain=True)
+            own = [p for p in strategy.parameters() if p.requires_grad]
+        if own:
+            _set_grads(own, per_task.sum())
     _add_regularization(ctx.model)
     timer.mark("backward")
+
+
+def _set_grads(params: Sequence[torch.Tensor], loss: torch.Tensor, retain: bool = False) -> None:
+    grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+    for p, g in zip(params, _zeros_if_none(grads, params), strict=True):
+        p.grad = g
+
+
+def _task_weights(strategy: WeightingStrategy) -> torch.Tensor:
+    weights = strategy.last_weights
+    if weights is None:
+        name = getattr(strategy, "registry_name", type(strategy).__name__)
+        raise ValueError(f"heads = 'weighted' needs task weights, and strategy '{name}' "
+                         "has none (use heads = 'own')")
+    return weights.detach()
 
 
 def _add_regularization(model: nn.Module) -> None:
@@ -262,6 +509,19 @@ def _add_regularization(model: nn.Module) -> None:
     penalty = reg() if reg is not None else None
     if penalty is not None and penalty.requires_grad:
         penalty.backward()  # accumulates into .grad
+
+
+_TAPS: weakref.WeakKeyDictionary[nn.Module, TaskFeatures] = weakref.WeakKeyDictionary()
+
+
+def _task_features(ctx: StepContext) -> TaskFeatures | None:
+    """The model's tower-input recorder, installed on first use by an engine that uses it."""
+    if not (isinstance(ctx.strategy, GradientWeighting) and ctx.engine.uses_features):
+        return None
+    tap = _TAPS.get(ctx.model)
+    if tap is None:
+        tap = _TAPS[ctx.model] = TaskFeatures(ctx.model, ctx.shared)
+    return tap
 
 
 def train_step(
@@ -275,13 +535,15 @@ def train_step(
     Returns the (T,) detached losses of the first batch. Phases reported to
     ``timer``: forward, jacobian, aggregate, backward, optimizer (and post_step)."""
     timer = timer or NullTimer()
-    losses_per_batch = []
+    tap = _task_features(ctx)
+    losses_per_batch, features = [], []
     for x, y in batches:
         out = ctx.model(x)
         losses_per_batch.append(compute_losses(out, y))
+        features.append(tap.of(out) if tap is not None else None)
     timer.mark("forward")
     ctx.optimizer.zero_grad(set_to_none=True)
-    apply_gradients(losses_per_batch, ctx, timer)
+    apply_gradients(losses_per_batch, ctx, timer, features)
     ctx.optimizer.step()
     timer.mark("optimizer")
     if ctx.strategy.wants_post_step_losses:

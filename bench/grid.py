@@ -207,6 +207,15 @@ def _check_compatible(spec: TrialSpec, source: str, checked: set[tuple[str, ...]
         raise ConfigError(f"{source}: train.engine: {err}") from None
 
 
+def _train_dict(train: Any) -> dict[str, Any]:
+    """The training settings as a trial records them. ``heads`` is left out at its
+    default, so trial ids (and resumable run directories) from before it existed hold."""
+    out = train.model_dump()
+    if out.get("heads") == "method":
+        del out["heads"]
+    return out
+
+
 def expand(sweep: SweepSpec) -> list[TrialSpec]:
     """All trials of ``sweep``: multi-task trials first, then their baselines (deduplicated).
 
@@ -214,7 +223,7 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
     Raises ``ConfigError`` when the filters leave nothing to run.
     """
     model = sweep.model.model_dump()
-    variants = [t.model_dump() for t in (sweep.train_variants or (sweep.train,))]
+    variants = [_train_dict(t) for t in (sweep.train_variants or (sweep.train,))]
     probes = {k: v for k, v in sweep.probes.model_dump().items() if v}
     matched: dict[tuple[str, ...], dict[str, Any]] = {}
     checked: set[tuple[str, ...]] = set()

@@ -211,6 +211,7 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
         optimizer=_optimizer([*model.parameters(), *strategy.parameters()], train),
         shared=shared,
         task_specific=[p for p in model.parameters() if id(p) not in shared_ids],
+        heads=train.get("heads", "method"),
     )
 
     order = torch.Generator().manual_seed(spec.seed)  # minibatch order, independent of init

@@ -102,3 +102,133 @@ def test_every_trainable_parameter_gets_a_gradient_for_every_strategy():
         apply_gradients(losses_per_batch, ctx)
         for p in model.parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+# ------------------------------------------------------------ O(T) backward (issue 13)
+
+from bench.engine import TaskFeatures, TaskLosses, head_gradients, train_step  # noqa: E402
+from strategies.sharing.base import BackboneSpec  # noqa: E402
+
+MLP = BackboneSpec(hidden=(8, 8), tower=(4,))
+CNN = BackboneSpec(hidden=(8,), tower=(4,), kind="cnn", channels=(3, 4))
+
+
+def _arch_cases():
+    for name in sharing.names():
+        if name == "landscape":  # objective tasks, no data (tests/test_capacity_and_toy.py)
+            continue
+        yield name, ((1, 6, 8), CNN) if name == "mtan" else ((5,), MLP)
+
+
+@pytest.mark.parametrize(("arch", "shape_spec"), list(_arch_cases()),
+                         ids=[a for a, _ in _arch_cases()])
+@pytest.mark.parametrize("transform", [False, True], ids=["plain", "log-losses"])
+def test_engines_agree_on_every_architecture_with_recorded_features(arch, shape_spec, transform):
+    # The batched engines split the Jacobian at the towers' inputs (T per-task backwards,
+    # one batched backward through the trunk); it must equal the loop engine's, which
+    # differentiates each task's loss straight to the shared parameters.
+    shape, spec = shape_spec
+    torch.manual_seed(0)
+    model = sharing.get(arch, shape, TASKS, spec)
+    shared = model.shared_parameters()
+    if not shared:  # soft sharing and single-task: every parameter belongs to one task
+        assert arch in {"soft", "stl"}
+        return
+    tap = TaskFeatures(model, shared)
+    x = torch.randn(12, *shape)
+    y = {"a": torch.randn(12), "b": torch.randint(0, 3, (12,)),
+         "c": torch.randint(0, 2, (12,)).float()}
+    out = model(x)
+    raw = torch.stack([t.loss(out[t.name], y[t.name]) for t in TASKS])
+    features = tap.of(out)
+    assert features is not None, "every built-in architecture exposes its towers' inputs"
+    transformed = torch.log(raw + 1e-8) if transform else raw
+    with_features = TaskLosses(raw, transformed, features)
+    without = TaskLosses(raw, transformed)
+    ref = ENGINES["loop"]().task_gradients(without, shared)
+    rows = [torch.autograd.grad(transformed[t], shared, retain_graph=True, allow_unused=True)
+            for t in range(3)]
+    for i, p in enumerate(shared):
+        direct = torch.stack([r[i] if r[i] is not None else torch.zeros_like(p) for r in rows])
+        torch.testing.assert_close(ref[i], direct)
+    for engine in ("vmap", "gramian"):
+        for losses in (with_features, without):
+            got = ENGINES[engine]().task_gradients(losses, shared)
+            for g, r in zip(got, ref, strict=True):
+                torch.testing.assert_close(g, r)
+
+
+class _HeadCounter:
+    """Counts backward passes through each tower's output (one per autograd call, batched
+    or not, that reaches the tower)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        for tower in model.towers.values():
+            tower.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        if output.requires_grad:
+            output.register_hook(self._count)
+
+    def _count(self, grad):
+        self.calls += 1
+
+
+@pytest.mark.parametrize(("engine", "strategy"), [
+    ("loop", "upgrad"), ("vmap", "upgrad"), ("gramian", "upgrad"),
+    ("loop", "db_mtl"), ("vmap", "db_mtl"),  # db_mtl: a loss transform (log-losses)
+])
+def test_each_task_backward_traverses_only_its_own_head(engine, strategy):
+    # Before: differentiating row t of the stacked losses ran backward through every
+    # head (T^2 head backwards per step: 100 at T=10).
+    num_tasks = 10
+    tasks = tuple(Task(f"t{i}", "regression") for i in range(num_tasks))
+    torch.manual_seed(0)
+    model = sharing.get("hps", (6,), tasks, MLP)
+    counter = _HeadCounter(model)
+    strat = weighting.get(strategy)
+    strat.reset(num_tasks, torch.device("cpu"), seed=0)
+    shared = model.shared_parameters()
+    ids = {id(p) for p in shared}
+    ctx = StepContext(model, strat, ENGINES[engine](), torch.optim.SGD(model.parameters(), lr=0.1),
+                      shared, [p for p in model.parameters() if id(p) not in ids])
+    x = torch.randn(16, 6)
+    y = {t.name: torch.randn(16) for t in tasks}
+
+    def losses_of(out, y):
+        return torch.stack([t.loss(out[t.name], y[t.name]) for t in tasks])
+
+    train_step(ctx, [(x, y)], losses_of)
+    # One Jacobian backward per task, one for the task-specific gradients (and, for a
+    # loss transform, one through the transform).
+    assert counter.calls <= 2 * num_tasks + 1, counter.calls
+
+
+def test_weighted_heads_get_the_strategy_weights():
+    model, losses, ctx = _setup("cpu", strategy="mgda")
+    apply_gradients([losses], ctx)
+    own = [p.grad.clone() for p in ctx.task_specific]
+    weights = ctx.strategy.last_weights
+    model2, losses2, ctx2 = _setup("cpu", strategy="mgda")
+    ctx2.heads = "weighted"
+    apply_gradients([losses2], ctx2)
+    for (name, p), g_own in zip(
+        [(n, p) for n, p in model2.named_parameters() if any(p is q for q in ctx2.task_specific)],
+        own, strict=True,
+    ):
+        task = name.split(".")[1]
+        w = weights[[t.name for t in TASKS].index(task)]
+        torch.testing.assert_close(p.grad, w * g_own)
+
+
+def test_head_gradients_follow_the_method_unless_the_sweep_overrides():
+    _, _, ctx = _setup("cpu", strategy="nash_mtl")
+    assert head_gradients(ctx) == "weighted"
+    ctx.heads = "own"
+    assert head_gradients(ctx) == "own"
+    _, _, ctx = _setup("cpu", strategy="graddrop")  # a sign mask, no task weights
+    assert head_gradients(ctx) == "own"
+    ctx.heads = "weighted"
+    with pytest.raises(ValueError, match="needs task weights"):
+        apply_gradients([_setup("cpu")[1]], ctx)

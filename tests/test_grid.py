@@ -75,3 +75,17 @@ def test_id_is_a_fixed_hash_of_the_spec():
     )
     assert spec.id == TrialSpec.from_dict(spec.to_dict()).id
     assert spec.id == "9b4e7f899caf37dd"
+
+
+def test_heads_setting_is_a_sweepable_axis_that_keeps_default_ids(write_spec):
+    # train.heads (what trains the task heads under gradient methods) left at "method"
+    # is absent from the spec, so ids of existing runs do not change; other values are
+    # part of the id and can be swept with train_grid.
+    plain = expand(load_spec(write_spec(SPEC)))
+    explicit = expand(load_spec(write_spec(SPEC + '[train]\nheads = "method"\n')))
+    assert {t.id for t in plain} == {t.id for t in explicit}
+    assert all("heads" not in t.train for t in plain)
+    swept = expand(load_spec(write_spec(SPEC + '[train_grid]\nheads = ["own", "weighted"]\n')))
+    mtl = [t for t in swept if not t.is_baseline]
+    assert sorted({t.train["heads"] for t in mtl}) == ["own", "weighted"]
+    assert len(mtl) == 2 * len([t for t in plain if not t.is_baseline])

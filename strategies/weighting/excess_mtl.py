@@ -56,8 +56,12 @@ class ExcessMTL(GradientWeighting):
     """ExcessMTL: exponentiated-gradient weights driven by AdaGrad-estimated excess risks.
 
     alpha_i <- alpha_i exp(eta E_i / E_i^0) (normalised), with E_i = g_i^T diag(sqrt(S_i))^-1 g_i
-    and S_i the running sum of squared gradients; ``robust_step_size`` is eta.
+    and S_i the running sum of squared gradients; ``robust_step_size`` is eta. The task
+    heads get ``alpha_t`` times their task's gradient by default, as the official code
+    backpropagates ``sum_t alpha_t L_t``.
     """
+
+    head_gradients = "weighted"
 
     def __init__(
         self, *, robust_step_size: Annotated[float, pydantic.Field(gt=0.0)] = 1e-2

@@ -104,8 +104,11 @@ class FairGrad(GramianWeighting):
 
     ``alpha`` picks the fairness notion (0: plain sum, 1: proportional / Nash-MTL,
     2: minimum potential delay, large: max-min); ``max_iter`` caps the solver's
-    function evaluations (None: scipy's default).
+    function evaluations (None: scipy's default). The task heads get ``w_t`` times their
+    task's gradient by default, as the official code backpropagates ``sum_t w_t L_t``.
     """
+
+    head_gradients = "weighted"
 
     def __init__(
         self,

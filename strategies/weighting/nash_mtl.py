@@ -269,7 +269,11 @@ class NashMTL(HostGramianWeighting):
 
     Solved as the paper's sequence of convex problems (``optim_niter`` at most), reused
     for ``update_weights_every`` steps; ``max_norm`` clips ||alpha^T J|| (0: off).
+    The task heads get ``alpha_t`` times their task's gradient by default, as the official
+    code backpropagates ``sum_t alpha_t L_t`` (``train.heads = "own"`` to change it).
     """
+
+    head_gradients = "weighted"
 
     def __init__(
         self,
