@@ -111,6 +111,36 @@ def test_bad_hyperparameters_raise_config_error(name, params):
         get(name, **params)
 
 
+def gradient_strategy_names() -> list[str]:
+    return [n for n in WEIGHTING.names() if issubclass(WEIGHTING.get(n), GradientWeighting)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("num_tasks", [1, 3])
+def test_every_gradient_strategy_returns_a_detached_direction(device, num_tasks):
+    # Issue 14, torchjd's contract: the direction carries no autograd graph, whatever J
+    # carries (several strategies returned w @ J with J's graph attached).
+    names = gradient_strategy_names()
+    assert {"mgda", "pcgrad", "cagrad", "upgrad", "moco"} <= set(names)
+    for name in names:
+        strategy = make(name, num_tasks, device)
+        for step in range(2):
+            leaves = [
+                random_jacobian(num_tasks, 7, 10 * step + k, device).requires_grad_()
+                for k in range(strategy.batches_per_step)
+            ]
+            jacobians = [2.0 * leaf for leaf in leaves]  # non-leaf, with a graph
+            losses = [torch.rand(num_tasks, dtype=F64, device=device) + 0.5 for _ in leaves]
+            if strategy.batches_per_step > 1:
+                d = strategy.aggregate_batches(jacobians, losses)
+            else:
+                d = strategy.aggregate(jacobians[0], losses[0])
+            assert d.shape == (7,), name
+            assert d.grad_fn is None and not d.requires_grad, name
+            weights = strategy.last_weights
+            assert weights is None or not weights.requires_grad, name
+
+
 # --------------------------------------------------------------------------- EW / UW / DWA
 
 

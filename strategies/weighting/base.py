@@ -26,8 +26,9 @@ Optional needs, declared as class attributes:
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
 import torch
@@ -51,6 +52,18 @@ def check_finite(jacobian: torch.Tensor) -> None:
         raise FloatingPointError("the task Jacobian contains NaN or Inf")
 
 
+def _detached(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``method`` run without autograd, its result detached (see :class:`GradientWeighting`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: GradientWeighting, *args: object, **kwargs: object) -> torch.Tensor:
+        with torch.no_grad():
+            return method(self, *args, **kwargs).detach()
+
+    wrapper.__detached__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class WeightingStrategy(ABC):
     """Base of all weighting strategies.
 
@@ -64,15 +77,6 @@ class WeightingStrategy(ABC):
     batches_per_step: ClassVar[int] = 1
     supports_rep: ClassVar[bool] = False
     wants_post_step_losses: ClassVar[bool] = False
-    #: ``transform_losses`` is element-wise unless a strategy says otherwise (the engines
-    #: then fold it into each task's backward seed at no cost).
-    transform_mixes_tasks: ClassVar[bool] = False
-    #: Gradient-based methods: what the task-specific parameters (heads) are trained
-    #: with by default: ``"own"``, each task's own loss (torchjd's ``mtl_backward``,
-    #: the PCGrad / MGDA / CAGrad codes), or ``"weighted"``, ``w_t L_t`` with the
-    #: method's task weights (the official code backpropagates ``sum_t w_t L_t``).
-    #: A sweep overrides it with ``train.heads``.
-    head_gradients: ClassVar[Literal["own", "weighted"]] = "own"
 
     def __init__(self) -> None:
         self.num_tasks = 0
@@ -98,6 +102,12 @@ class WeightingStrategy(ABC):
     def end_epoch(self, mean_losses: torch.Tensor) -> None:  # noqa: B027 (optional hook)
         """Called after each epoch with the (T,) mean training loss of each task."""
 
+    def stats(self) -> dict[str, float]:
+        """Per-trial diagnostics of the strategy itself (e.g. how often a solver reached its
+        target), stored in the trial record under ``strategy_stats``; empty by default.
+        Called once, after training."""
+        return {}
+
 
 class LossWeighting(WeightingStrategy):
     """A strategy that combines task losses into one scalar to backpropagate."""
@@ -110,9 +120,27 @@ class LossWeighting(WeightingStrategy):
 
 
 class GradientWeighting(WeightingStrategy):
-    """A strategy that aggregates per-task gradients of the shared parameters."""
+    """A strategy that aggregates per-task gradients of the shared parameters.
+
+    ``aggregate`` and ``aggregate_batches`` return a detached direction (torchjd's
+    contract: the direction is an update, not a differentiable function of J; a graph
+    kept through the final weighted sum would give whoever differentiates it a silently
+    partial gradient). Every subclass's own definitions of the two are wrapped to run
+    under ``torch.no_grad()`` and detach their result, so no strategy has to.
+    """
 
     needs: ClassVar[Need] = "jacobian"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("aggregate", "aggregate_batches"):
+            method = cls.__dict__.get(name)
+            if (
+                callable(method)
+                and not getattr(method, "__isabstractmethod__", False)
+                and not getattr(method, "__detached__", False)
+            ):
+                setattr(cls, name, _detached(method))
 
     @abstractmethod
     def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
