@@ -77,6 +77,15 @@ class WeightingStrategy(ABC):
     batches_per_step: ClassVar[int] = 1
     supports_rep: ClassVar[bool] = False
     wants_post_step_losses: ClassVar[bool] = False
+    #: ``transform_losses`` is element-wise unless a strategy says otherwise (the engines
+    #: then fold it into each task's backward seed at no cost).
+    transform_mixes_tasks: ClassVar[bool] = False
+    #: Gradient-based methods: what the task-specific parameters (heads) are trained
+    #: with by default: ``"own"``, each task's own loss (torchjd's ``mtl_backward``,
+    #: the PCGrad / MGDA / CAGrad codes), or ``"weighted"``, ``w_t L_t`` with the
+    #: method's task weights (the official code backpropagates ``sum_t w_t L_t``).
+    #: A sweep overrides it with ``train.heads``.
+    head_gradients: ClassVar[Literal["own", "weighted"]] = "own"
 
     def __init__(self) -> None:
         self.num_tasks = 0
