@@ -90,7 +90,7 @@ def test_registered_with_summaries_papers_and_declared_needs():
 
 def test_defaults_follow_the_papers_and_official_code():
     assert WEIGHTING.resolve("graddrop", {}) == {"leak": 0.0}
-    assert WEIGHTING.resolve("gradvac", {}) == {"beta": 1e-2}
+    assert WEIGHTING.resolve("gradvac", {}) == {"beta": 0.5}  # LibMTL's and torchjd's
     assert WEIGHTING.resolve("moco", {}) == {
         "variant": "authors", "beta": None, "beta_sigma": None, "gamma": None,
         "gamma_sigma": None, "rho": None,
@@ -184,6 +184,30 @@ def test_non_finite_jacobian_raises_a_clear_error(device, name, bad):
     jacobians[-1][1, 2] = bad
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
         step(strategy, jacobians)
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_pcgrad_and_gradvac_check_the_gramian_not_j(monkeypatch, name, bad):
+    # Issue 13: scanning all of J for NaN cost three times the Gramian; a NaN/Inf in J
+    # reaches the (T, T) Gramian, which is checked instead, with the same message.
+    shapes = []
+    isfinite = torch.isfinite
+
+    def spy(tensor):
+        shapes.append(tuple(tensor.shape))
+        return isfinite(tensor)
+
+    monkeypatch.setattr(torch, "isfinite", spy)
+    jac = random_jacobian(3, 50, 0, "cpu")
+    make(name, 3, "cpu").aggregate(jac)
+    assert shapes and all(shape == (3, 3) for shape in shapes)
+    jac[1, 7] = bad
+    with pytest.raises(FloatingPointError, match="the task Jacobian contains NaN or Inf"):
+        make(name, 3, "cpu").aggregate(jac)
+    # The gramian engine's path (weights from a Gramian) is checked too.
+    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+        make(name, 3, "cpu").weights(jac @ jac.T)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -20,9 +20,14 @@ so the first step equals PCGrad (same seed, same orders).
 
 Defaults and conventions:
 
-- ``beta = 1e-2``, the paper's EMA rate. LibMTL and torchjd default to 0.5.
-- The EMA is updated for every visited pair, whether or not it was corrected (as in the
-  paper and torchjd; LibMTL only updates it inside the correction branch).
+- ``beta = 0.5``, the EMA rate of LibMTL (``GradVac_beta``) and torchjd (``beta``). The
+  paper defines the EMA (Section 4, Algorithm 1) without a value we could trace in its
+  text; the 1e-2 this default used to be, attributed to the paper, had no source, so the
+  default follows the two public implementations instead.
+- The EMA is updated for every visited pair, whether or not it was corrected, as in
+  torchjd and in LibMTL since its commit d2d84fa ("fix a bug in GradVac"; earlier LibMTL
+  versions updated it only inside the correction branch). Ours matches LibMTL's current
+  code and torchjd numerically (given the same orders).
 - The paper keeps targets per layer group (and per pair); the harness hands over one
   flattened J, so this is the paper's / LibMTL's "whole model" granularity: one target
   per ordered task pair.
@@ -58,7 +63,7 @@ class GradVac(GramianWeighting):
     so that the cosine becomes phi_hat_ij; ``beta`` is the EMA rate of phi_hat.
     """
 
-    def __init__(self, *, beta: Annotated[float, pydantic.Field(ge=0.0, le=1.0)] = 1e-2) -> None:
+    def __init__(self, *, beta: Annotated[float, pydantic.Field(ge=0.0, le=1.0)] = 0.5) -> None:
         super().__init__()
         self.beta = beta
         self._generator = torch.Generator().manual_seed(0)
@@ -71,6 +76,7 @@ class GradVac(GramianWeighting):
 
     def coefficients_from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:
         """(T, T) C with g_i' = sum_k C_ik g_k; updates the targets and draws the orders."""
+        check_finite_on_cpu(gramian)  # a NaN/Inf in J reaches the Gramian (see pcgrad)
         num = gramian.shape[0]
         gram = gramian.to(torch.promote_types(gramian.dtype, torch.float32))
         targets = self.targets
@@ -101,7 +107,3 @@ class GradVac(GramianWeighting):
 
     def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
         return self.coefficients_from_gramian(gramian).sum(dim=0)
-
-    def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
-        check_finite_on_cpu(jacobian)
-        return super().aggregate(jacobian, losses)

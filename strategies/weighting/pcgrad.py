@@ -33,8 +33,10 @@ Implementation notes:
   kind of device gives the same orders.
 - The Gramian is formed in at least float32 (bfloat16/float16 Jacobians would lose the
   sign of small dot products); the direction comes back in J's dtype.
-- A NaN/Inf in J raises ``FloatingPointError`` at once when J lives on the CPU. On an
-  accelerator that check would be a host sync per step, so it is left to the harness's
+- A NaN/Inf in J raises ``FloatingPointError`` at once when J lives on the CPU. The
+  check reads the (T, T) Gramian, not J: a NaN or Inf in row i of J makes G_ii
+  non-finite, and scanning J cost three times the Gramian itself (issue 13). On an
+  accelerator the check would be a host sync per step, so it is left to the harness's
   once-per-epoch divergence check (a non-finite J gives a non-finite direction, hence
   non-finite parameters and losses).
 """
@@ -59,10 +61,13 @@ def random_orders(num: int, generator: torch.Generator, device: torch.device) ->
     return keys.argsort(dim=1)[:, : num - 1].to(device)
 
 
-def check_finite_on_cpu(jacobian: torch.Tensor) -> None:
-    """``check_finite`` where it costs no device sync (J on the CPU); see module docs."""
-    if jacobian.device.type == "cpu":
-        check_finite(jacobian)
+def check_finite_on_cpu(gramian: torch.Tensor) -> None:
+    """``check_finite`` on the (T, T) Gramian where it costs no device sync (on the CPU).
+
+    A NaN or Inf anywhere in J reaches the Gramian (row i's makes G_ii non-finite), so
+    this catches a non-finite J with the same message at O(T^2) instead of O(T P)."""
+    if gramian.device.type == "cpu":
+        check_finite(gramian)
 
 
 @WEIGHTING.register("pcgrad")
@@ -83,6 +88,7 @@ class PCGrad(GramianWeighting):
 
     def coefficients_from_gramian(self, gramian: torch.Tensor) -> torch.Tensor:
         """(T, T) matrix C with g_i^PC = sum_k C_ik g_k (draws this step's random orders)."""
+        check_finite_on_cpu(gramian)
         num = gramian.shape[0]
         gram = gramian.to(torch.promote_types(gramian.dtype, torch.float32))
         sq_norms = gram.diagonal()
@@ -109,7 +115,3 @@ class PCGrad(GramianWeighting):
 
     def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
         return self.coefficients_from_gramian(gramian).sum(dim=0)
-
-    def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
-        check_finite_on_cpu(jacobian)
-        return super().aggregate(jacobian, losses)

@@ -19,8 +19,11 @@ independent of the gradient scale, and the inner steps use heavy-ball momentum
 (``momentum``, restarted every outer step). The 1/(1 + lamda) factor is the code's: the
 weights (w + lamda/T) / (1 + lamda) sum to 1, and ``last_weights`` holds them.
 
-Defaults: lamda = 0.3 and niter = 20 (the paper's experiments, the official code and
-LibMTL); beta = 10, momentum = 0.5 (official code and torchjd; LibMTL uses beta = 5).
+Defaults: lamda = 0.3 and niter = 20 (the paper's experiments, the official NYUv2 script
+``experiments/nyuv2/run.sh`` of https://github.com/OptMN-Lab/sdmgrad, and LibMTL's
+defaults; the official ``SDMGrad`` class itself defaults to lamda = 0.6, which its
+scripts override); beta = 10, momentum = 0.5 (official code and torchjd; LibMTL uses
+beta = 5).
 lamda = 0 is a stochastic MGDA; lamda -> infinity the plain average.
 
 Harness mapping: ``batches_per_step = 3``; ``aggregate_batches([J_a, J_b, J_c])`` uses
