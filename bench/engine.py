@@ -16,6 +16,10 @@ Engines differ in how J is obtained, so their cost is an ablation axis:
 - ``gramian``: the batched backward, but per parameter tensor; only the (T, T)
   Gramian is reduced and the direction is ``sum_t w_t J_t`` per tensor, so no
   (T, P) matrix is ever concatenated (``GramianWeighting`` strategies only);
+- ``autogram``: J J^T without J: per-layer contributions of the shared Linear / Conv2d
+  layers from their recorded inputs and per-task output gradients, then one backward
+  of ``sum_t w_t L_t`` (Algorithm 3 of Quinton & Rey, "Jacobian Descent for
+  Multi-Objective Optimization", 2024; ``GramianWeighting`` strategies only);
 - ``rep``: J of the shared representation (MGDA-UB style, approximate, cheap);
   the direction is backpropagated through the shared trunk. Only for strategies
   declaring ``supports_rep`` on architectures exposing a representation.
@@ -30,14 +34,16 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.autograd.graph import GradientEdge
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from strategies.weighting.base import GradientWeighting, GramianWeighting, WeightingStrategy
 
 __all__ = [
     "ENGINES",
     "GradientEngine",
+    "LayerTap",
     "NullTimer",
     "StepContext",
     "TaskFeatures",
@@ -233,6 +239,10 @@ class GradientEngine(ABC):
         """Raise ``ValueError`` if this engine cannot serve the strategy class on the
         architecture class (checked when the grid is built, before anything runs)."""
 
+    def prepare(self, model: nn.Module, shared: Sequence[torch.Tensor]) -> None:  # noqa: B027
+        """Called by :func:`train_step` before the step's forward passes (gradient-based
+        strategies only): an engine that records the forward installs its hooks here."""
+
     @abstractmethod
     def task_gradients(
         self, losses: TaskLosses, params: Sequence[torch.Tensor]
@@ -242,8 +252,12 @@ class GradientEngine(ABC):
 
     def jacobian(self, losses: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
         """(T, P): row t is the flattened gradient of ``losses[t]`` w.r.t. ``params``."""
-        per_param = self.task_gradients(TaskLosses(losses, losses), params)
-        return torch.cat([g.reshape(len(losses), -1) for g in per_param], 1)
+        return self.task_jacobian(TaskLosses(losses, losses), params)
+
+    def task_jacobian(self, losses: TaskLosses, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(T, P) Jacobian of the transformed losses w.r.t. ``params`` (flattened, in order)."""
+        per_param = self.task_gradients(losses, params)
+        return torch.cat([g.reshape(len(losses.raw), -1) for g in per_param], 1)
 
     def shared_gradients(
         self,
@@ -256,8 +270,7 @@ class GradientEngine(ABC):
         losses_per_batch = as_task_losses(losses_per_batch)
         jacobians = []
         for losses in losses_per_batch:
-            per_param = self.task_gradients(losses, ctx.shared)
-            jacobians.append(torch.cat([g.reshape(len(losses.raw), -1) for g in per_param], 1))
+            jacobians.append(self.task_jacobian(losses, ctx.shared))
         timer.mark("jacobian")
         detached = [losses.transformed.detach() for losses in losses_per_batch]
         if len(jacobians) == 1:
@@ -288,6 +301,16 @@ class LoopEngine(GradientEngine):
         if losses.mixing is not None:
             per_param = [_mix_rows(losses, g) for g in per_param]
         return per_param
+
+    def task_jacobian(self, losses: TaskLosses, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        # Each task's gradients are copied once, straight into their row of J.
+        first = params[0]
+        jac = torch.empty(len(losses.handles), sum(p.numel() for p in params),
+                          dtype=first.dtype, device=first.device)
+        for row, handle, scale in zip(jac, losses.handles, losses.scales, strict=True):
+            torch.cat([g.reshape(-1) for g in _zeros_if_none(_grad(handle, params, scale), params)],
+                      out=row)
+        return losses.mix(jac)
 
 
 def _mix_rows(losses: TaskLosses, g: torch.Tensor) -> torch.Tensor:
@@ -367,7 +390,7 @@ class GramianEngine(VmapEngine):
     def check(self, strategy: type[WeightingStrategy], model: type[nn.Module]) -> None:
         if not issubclass(strategy, GramianWeighting) or strategy.batches_per_step != 1:
             raise ValueError(
-                f"engine 'gramian' needs a strategy whose direction is weights(J J^T) @ J; "
+                f"engine '{self.name}' needs a strategy whose direction is weights(J J^T) @ J; "
                 f"'{getattr(strategy, 'registry_name', strategy.__name__)}' is not one "
                 "(use engine 'loop' or 'vmap')"
             )
@@ -434,8 +457,238 @@ class RepEngine(GradientEngine):
             p.grad = g
 
 
+# ---------------------------------------------------------------- autogram
+
+#: Layers whose Gramian contribution is computed from their input and output gradient.
+_LAYER_TYPES = (nn.Linear, nn.Conv2d)
+
+
+@dataclass
+class _Call:
+    """One call of a recorded layer: its input, the gradient edge of its output (taken at
+    the call, so a later in-place op on the output changes nothing) and the input's
+    version (an in-place change of the input after the call is detected)."""
+
+    input: torch.Tensor
+    output: GradientEdge
+    version: int
+
+
+class LayerTap:
+    """Records the input and output of every call of the model's shared Linear and Conv2d
+    layers during its latest forward pass with autograd on (a forward pre-hook on the
+    model clears the previous record).
+
+    A layer is recorded when it is exactly ``nn.Linear`` or ``nn.Conv2d`` (subclasses
+    may use their weights outside ``forward``), every parameter of it that requires a
+    gradient is shared, no other module holds any of them (tied weights need cross
+    terms between modules), and, for Conv2d, ``groups = 1``, zero padding given as
+    numbers. The model must use these layers' parameters only by calling the layers
+    (as torchjd's autogram engine requires). ``covered`` are the ids of the recorded
+    layers' parameters; every other shared parameter is differentiated explicitly."""
+
+    def __init__(self, model: nn.Module, shared: Sequence[torch.Tensor]) -> None:
+        shared_ids = {id(p) for p in shared}
+        holders: dict[int, int] = {}
+        for module in model.modules():
+            for p in module.parameters(recurse=False):
+                holders[id(p)] = holders.get(id(p), 0) + 1
+        self.calls: dict[nn.Module, list[_Call]] = {}
+        for module in model.modules():
+            params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if (
+                type(module) in _LAYER_TYPES
+                and params
+                and all(id(p) in shared_ids and holders[id(p)] == 1 for p in params)
+                and _unfoldable(module)
+            ):
+                self.calls[module] = []
+                module.register_forward_hook(self._recorder(module))
+        model.register_forward_pre_hook(self._clear)
+
+    def _clear(self, module: nn.Module, args: tuple) -> None:
+        if torch.is_grad_enabled():
+            self.clear()
+
+    def clear(self) -> None:
+        """Drop the record (it holds the layers' inputs)."""
+        for calls in self.calls.values():
+            calls.clear()
+
+    def _recorder(self, layer: nn.Module) -> Callable[..., None]:
+        calls = self.calls[layer]
+
+        def record(module: nn.Module, args: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor) and output.requires_grad and args:
+                calls.append(_Call(args[0], get_gradient_edge(output), args[0]._version))
+        return record
+
+    def recorded(self) -> list[tuple[nn.Module, _Call]]:
+        """(layer, call) of every call of the latest forward, layer by layer."""
+        return [(layer, call) for layer, calls in self.calls.items() for call in calls]
+
+
+def _unfoldable(module: nn.Module) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return (module.groups == 1 and module.padding_mode == "zeros"
+                and not isinstance(module.padding, str))
+    return True
+
+
+_LAYER_TAPS: weakref.WeakKeyDictionary[nn.Module, LayerTap] = weakref.WeakKeyDictionary()
+
+
+def _rows(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer call as a linear map per row: ``X`` (N, in) and per-task ``dY`` (T, N, out)
+    such that task t's weight gradient is ``dY_t^T X`` (flattened like the weight) and its
+    bias gradient ``sum_n dY_t[n]``. A convolution's rows are its input patches."""
+    num_tasks = dy.shape[0]
+    if isinstance(layer, nn.Conv2d):
+        if x.dim() == 3:  # unbatched (C, H, W)
+            x, dy = x.unsqueeze(0), dy.unsqueeze(1)
+        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation,
+                           padding=layer.padding, stride=layer.stride)  # (N, C k k, L)
+        x = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        dy = dy.flatten(3).transpose(2, 3).reshape(num_tasks, -1, dy.shape[2])
+        return x, dy
+    return x.reshape(-1, x.shape[-1]), dy.reshape(num_tasks, -1, dy.shape[-1])
+
+
+def _layer_gramian(x: torch.Tensor, dy: torch.Tensor, weight: bool, bias: bool) -> torch.Tensor:
+    """(T, T) Gramian of the per-task gradients of a linear map's weight ``dY_t^T X`` (if
+    ``weight``) and bias ``sum_n dY_t[n]`` (if ``bias``), for ``x`` (N, in), ``dy``
+    (T, N, out), taken the cheaper of two ways: form the (T, out, in) per-task weight
+    gradients and their Gramian, or through the (N, N) kernel ``K = X X^T`` (+1 for the
+    bias): ``G[s, t] = <dY_s, K dY_t>`` (Quinton & Rey 2024, Algorithm 3, per layer)."""
+    num_tasks, n, out = dy.shape
+    width = x.shape[1]
+    direct = num_tasks * n * out * width + num_tasks * num_tasks * out * width
+    kernel = n * n * width + num_tasks * n * n * out + num_tasks * num_tasks * n * out
+    if weight and kernel < direct and n * n <= num_tasks * out * width:
+        k = x @ x.T
+        if bias:
+            k = k + 1
+        z = torch.matmul(k, dy)  # (T, N, out)
+        g = dy.reshape(num_tasks, -1) @ z.reshape(num_tasks, -1).T
+        return (g + g.T) / 2
+    g = dy.new_zeros(num_tasks, num_tasks)
+    if weight:
+        per_task = torch.matmul(dy.transpose(1, 2), x).reshape(num_tasks, -1)  # (T, out in)
+        g = g + per_task @ per_task.T
+    if bias:
+        s = dy.sum(1)
+        g = g + s @ s.T
+    return g
+
+
+class AutogramEngine(GramianEngine):
+    """The Gramian J J^T without J, then one backward of ``sum_t w_t L_t``: Algorithm 3 of
+    Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024
+    (https://arxiv.org/abs/2406.16232).
+
+    During the forward, :class:`LayerTap` records the inputs and outputs of the shared
+    Linear / Conv2d layers. One batched (vmapped over tasks) backward gives each task's
+    gradient w.r.t. every recorded output (from the towers' inputs when recorded, as the
+    ``vmap`` engine does; no parameter gradient is computed), and each layer adds the
+    Gramian of its per-task parameter gradients, ``dY_t^T X`` and ``sum_n dY_t[n]``, one
+    layer at a time (:func:`_layer_gramian`): no (T, P) matrix and no per-task copy of
+    all the parameters is ever held. Shared parameters outside such layers (cross-stitch
+    units, ...) get explicit per-task gradients in the same backward. The strategy's
+    weights ``w`` of that Gramian then seed one ordinary backward, whose result
+    ``sum_t w_t grad L_t`` is the shared parameters' gradient. The published
+    implementation is torchjd's ``torchjd.autogram.Engine``."""
+
+    name = "autogram"
+
+    def prepare(self, model: nn.Module, shared: Sequence[torch.Tensor]) -> None:
+        if model not in _LAYER_TAPS:
+            _LAYER_TAPS[model] = LayerTap(model, shared)
+
+    def gramian(
+        self, losses: TaskLosses, model: nn.Module, shared: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[LossHandle | torch.Tensor], list[torch.Tensor]]:
+        """The (T, T) Gramian of the transformed losses' Jacobian w.r.t. ``shared``, and the
+        outputs and (T, ...) batched seeds of its backward (for the update)."""
+        tap = _LAYER_TAPS.get(model)
+        if tap is None:
+            raise RuntimeError(
+                "engine 'autogram' records the shared layers during the forward: call "
+                "engine.prepare(model, shared) before it (train_step does)"
+            )
+        num_tasks = len(losses.raw)
+        if losses.features is not None:
+            outputs, seeds = _feature_seeds(losses)
+        else:
+            outputs = list(losses.handles)
+            eye = torch.eye(num_tasks, dtype=losses.raw.dtype, device=losses.raw.device)
+            seeds = [eye[t] * scale for t, scale in enumerate(losses.scales)]
+        calls = tap.recorded()
+        covered = {id(p) for layer, _ in calls for p in layer.parameters(recurse=False)}
+        others = [p for p in shared if id(p) not in covered]
+        grads = torch.autograd.grad(
+            outputs, [call.output for _, call in calls] + others, grad_outputs=seeds,
+            retain_graph=True, allow_unused=True, is_grads_batched=True,
+        )
+        if calls and all(g is None for g in grads[: len(calls)]):
+            raise RuntimeError(
+                "engine 'autogram': the recorded layers are not in these losses' graph "
+                "(the losses come from an earlier forward than the latest one)"
+            )
+        wide = torch.promote_types(losses.raw.dtype, torch.float32)
+        gramian = torch.zeros(num_tasks, num_tasks, dtype=wide, device=losses.raw.device)
+        shared_ids = {id(p) for p in shared}
+        by_layer: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for (layer, call), dy in zip(calls, grads, strict=False):
+            if call.input._version != call.version:
+                raise RuntimeError(f"engine 'autogram': the input of {layer} was modified "
+                                   "in place after the layer used it")
+            if dy is not None:
+                by_layer.setdefault(layer, []).append(_rows(layer, call.input, dy))
+        for layer, rows in by_layer.items():
+            x = torch.cat([r[0] for r in rows]) if len(rows) > 1 else rows[0][0]
+            dy = torch.cat([r[1] for r in rows], 1) if len(rows) > 1 else rows[0][1]
+            bias = getattr(layer, "bias", None)
+            gramian += _layer_gramian(
+                x.to(wide), dy.to(wide), weight=id(layer.weight) in shared_ids,
+                bias=bias is not None and id(bias) in shared_ids,
+            )
+        for g in grads[len(calls):]:
+            if g is not None:
+                flat = g.reshape(num_tasks, -1).to(wide)
+                gramian += flat @ flat.T
+        tap.clear()
+        if losses.mixing is not None:
+            mixing = losses.mixing.to(wide)
+            gramian = mixing @ gramian @ mixing.T
+        return gramian, outputs, seeds
+
+    def shared_gradients(
+        self,
+        losses_per_batch: Sequence[TaskLosses | torch.Tensor],
+        strategy: GradientWeighting,
+        ctx: StepContext,
+        timer: Timer,
+    ) -> None:
+        assert isinstance(strategy, GramianWeighting)
+        losses = as_task_losses(losses_per_batch)[0]
+        gramian, outputs, seeds = self.gramian(losses, ctx.model, ctx.shared)
+        timer.mark("jacobian")
+        weights = strategy.weights(gramian, losses.transformed.detach())
+        strategy.last_weights = weights.detach()
+        timer.mark("aggregate")
+        # Row weights of the raw losses' Jacobian: J_transformed = M J_raw.
+        v = weights.detach().to(gramian.dtype)
+        if losses.mixing is not None:
+            v = losses.mixing.to(v.dtype).T @ v
+        combined = [torch.tensordot(v.to(s.dtype), s, dims=1) for s in seeds]
+        grads = torch.autograd.grad(outputs, ctx.shared, grad_outputs=combined,
+                                    retain_graph=True, allow_unused=True)
+        for p, g in zip(ctx.shared, _zeros_if_none(grads, ctx.shared), strict=True):
+            p.grad = g
+
+
 ENGINES: dict[str, type[GradientEngine]] = {
-    e.name: e for e in (LoopEngine, VmapEngine, GramianEngine, RepEngine)
+    e.name: e for e in (LoopEngine, VmapEngine, GramianEngine, AutogramEngine, RepEngine)
 }
 
 
@@ -536,6 +789,8 @@ def train_step(
     ``timer``: forward, jacobian, aggregate, backward, optimizer (and post_step)."""
     timer = timer or NullTimer()
     tap = _task_features(ctx)
+    if isinstance(ctx.strategy, GradientWeighting) and ctx.shared:
+        ctx.engine.prepare(ctx.model, ctx.shared)
     losses_per_batch, features = [], []
     for x, y in batches:
         out = ctx.model(x)
