@@ -17,18 +17,26 @@ Solvers:
 - :func:`min_norm_weights`: the min-norm point of the convex hull (MGDA), exactly, as
   one :func:`nonneg_qp` (a non-negative least-squares reformulation, see there).
 - :func:`dual_cone_weights`: projections onto the dual cone of the task gradients
-  (UPGrad, DualProj), one :func:`nonneg_qp` per projected vector.
+  (UPGrad, DualProj): one compiled dual active-set solve (DAQP) per projected vector
+  that conflicts with a task, each checked against its KKT conditions, and
+  :func:`nonneg_qp` where that check fails or the ridge is too small for it.
 - :func:`psd_pinv`: pseudo-inverse of a PSD matrix by its eigendecomposition.
 """
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from typing import Annotated, ClassVar
 
 import numpy as np
 import pydantic
 import torch
+
+try:  # a pinned dependency with wheels; without it the pure-NumPy solver serves
+    import daqp as _daqp
+except ImportError:  # pragma: no cover
+    _daqp = None
 
 from strategies.weighting.base import GramianWeighting
 
@@ -231,23 +239,105 @@ def dual_cone_weights(
     of J^T u is J^T v with v = argmin_{v >= u} v^T G v. As in torchjd, the problem is
     posed on G / trace(G) + ``reg_eps`` I (``norm_eps`` guards the division; the ridge
     makes the QP strictly convex), solved here as its multiple G + reg_eps trace(G) I.
-    With v = u + x the problem is min_{x >= 0} 1/2 x^T G x + (G u)^T x, solved exactly by
-    :func:`nonneg_qp`.
     ``prefs`` is (K, T); returns the (K, T) weights v.
+
+    Rows u with Q u >= 0 (J^T u already in the cone up to the solver tolerance) are
+    answered v = u without a solve. The others go, when the ridge is at least
+    :data:`COMPILED_MIN_RIDGE` (Q then has a condition number below ~1 / ``reg_eps``), to
+    the compiled dual active-set solver DAQP (:func:`_dual_cone_compiled`), and each of
+    its answers is checked against the KKT conditions (:func:`_dual_cone_kkt_ok`). Rows
+    it rejects or fails, and every row when the ridge is smaller (reg_eps = 0: the exact
+    projection, where Q may be singular), are solved exactly by :func:`nonneg_qp` on
+    v = u + x: min_{x >= 0} 1/2 x^T Q x + (Q u)^T x.
     """
     num = gramian.shape[0]
     trace = float(gramian.trace())
     if trace < norm_eps or trace <= 0.0:
-        reg = reg_eps * np.eye(num)  # torchjd's guard: the normalised Gramian is 0
+        quad = reg_eps * np.eye(num)  # torchjd's guard: the normalised Gramian is 0
     else:
         # trace * (G / trace + reg_eps I): the same minimiser (the objective is only
         # scaled), without the rounding of the division, which on nearly degenerate
         # cones erases the small eigenvalues that decide the answer.
-        reg = gramian + (reg_eps * trace) * np.eye(num)
-    out = np.empty_like(prefs, dtype=np.float64)
-    for k, u in enumerate(prefs):
-        out[k] = u + nonneg_qp(reg, reg @ u)
-    return out
+        quad = gramian + (reg_eps * trace) * np.eye(num)
+    # v(c u) = c v(u) for c > 0: each row is solved scaled by a power of two (exact) to
+    # max |u| in [0.5, 1), so that the solvers' tolerances are relative to u.
+    prefs = np.asarray(prefs, dtype=np.float64)
+    exps = np.frexp(np.abs(prefs).max(axis=1, initial=0.0))[1][:, None]
+    prefs = np.ldexp(prefs, -exps)
+    out = prefs.copy()
+    lins = prefs @ quad  # row k: (Q u_k)^T, the gradient at x = 0 (Q is symmetric)
+    # x = 0 is optimal when no coordinate can enter: nonneg_qp's own first test.
+    qscale = float(np.abs(quad).max(initial=0.0))
+    tols = 1e-13 * np.maximum(qscale, np.abs(lins).max(axis=1, initial=0.0))
+    todo = np.flatnonzero((lins < -tols[:, None]).any(axis=1))
+    if todo.size and _daqp is not None and reg_eps >= COMPILED_MIN_RIDGE and qscale > 0.0:
+        todo = _dual_cone_compiled(quad, prefs, todo, out)
+    for k in todo:
+        out[k] = prefs[k] + nonneg_qp(quad, lins[k])
+    return np.ldexp(out, exps)
+
+
+# Smallest ridge reg_eps for which dual_cone_weights uses the compiled solver: Q's
+# condition number is then below ~1 / reg_eps, so its answers are accurate to ~1e-8
+# relative; below it (reg_eps = 0 is the exact projection) Lawson-Hanson solves.
+COMPILED_MIN_RIDGE = 1e-8
+# From this many tasks on, the rows share one DAQP workspace (one factorisation of Q,
+# each solve warm-started from the previous active set); below, one-shot solves are cheaper.
+_SHARED_WORKSPACE_TASKS = 8
+_DAQP_INF = 1e30  # DAQP's "no bound"
+_DAQP_SETTINGS = {"primal_tol": 1e-12}  # absolute: the rows u are scaled to max |u| ~ 1
+
+
+def _dual_cone_compiled(
+    quad: np.ndarray, prefs: np.ndarray, rows: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """min_{v >= u} 1/2 v^T Q v for the rows u = prefs[rows], by DAQP, into ``out``.
+
+    DAQP (Arnström, Bemporad & Axehill, "A dual active-set solver for embedded quadratic
+    programming using recursive LDL^T updates", IEEE TAC 2022) is a compiled dual
+    active-set method. Its tolerances are absolute: Q (positive definite) is scaled by a
+    power of two (exact) to max |Q| in [0.5, 1), and ``prefs`` must be of order 1 (as
+    :func:`dual_cone_weights` scales them). Returns the rows that DAQP did not solve (an
+    exit flag other than 1) or whose answer fails the KKT check; ``out`` keeps the other
+    answers.
+    """
+    num = quad.shape[0]
+    quad = quad * 2.0 ** -math.frexp(float(np.abs(quad).max()))[1]
+    bounds = prefs[rows]
+    lin, cons, upper = np.zeros(num), np.zeros((0, num)), np.full(num, _DAQP_INF)
+    ok = np.ones(rows.size, dtype=bool)
+    if num >= _SHARED_WORKSPACE_TASKS and rows.size > 1:
+        model = _daqp.Model()
+        model.settings = {**model.settings, **_DAQP_SETTINGS}
+        ok[:] = model.setup(quad, lin, cons, upper, bounds[0])[0] >= 0
+        for i in range(rows.size if ok[0] else 0):
+            if i:
+                model.update(blower=bounds[i])
+            weights, _, flag, _ = model.solve()
+            out[rows[i]], ok[i] = weights, flag == 1
+    else:
+        for i in range(rows.size):
+            weights, _, flag, _ = _daqp.solve(quad, lin, cons, upper, bounds[i], **_DAQP_SETTINGS)
+            out[rows[i]], ok[i] = weights, flag == 1
+    ok &= _dual_cone_kkt_ok(quad, bounds, out[rows])
+    good = rows[ok]
+    out[good] = np.maximum(out[good], bounds[ok])
+    return rows[~ok]
+
+
+def _dual_cone_kkt_ok(
+    quad: np.ndarray, prefs: np.ndarray, weights: np.ndarray, rtol: float = 1e-9
+) -> np.ndarray:
+    """(K,) whether each v = ``weights[k]`` solves min_{v >= u} 1/2 v^T Q v, u = ``prefs[k]``.
+
+    The KKT conditions are v - u >= 0, lambda = Q v >= 0 and lambda_j (v_j - u_j) = 0;
+    their natural residual min(max|Q| (v - u), lambda) is zero exactly at the solution
+    and must stay within ``rtol`` max|Q| max(|v|, |u|) in every coordinate (NaN fails).
+    """
+    qscale = float(np.abs(quad).max())
+    residual = np.abs(np.minimum(qscale * (weights - prefs), weights @ quad))
+    vscale = np.maximum(np.abs(weights), np.abs(prefs)).max(axis=1, keepdims=True)
+    return (residual <= (rtol * qscale) * vscale).all(axis=1)
 
 
 def psd_pinv(gramian: np.ndarray, rtol: float) -> np.ndarray:

@@ -13,8 +13,10 @@ so g_t . d >= 0 for every task t. By Proposition 1 of the paper d = J^T v with
 v = argmin_{v >= p} v^T G v on the Gramian G = J J^T: a ``GramianWeighting``.
 
 Implementation as for UPGrad (see ``strategies.weighting.upgrad``): G / trace(G) with the
-``norm_eps`` guard, plus ``reg_eps`` I, as in torchjd; the QP is solved exactly by the
-Lawson-Hanson active-set method in float64 (KKT residual below 1e-13 relative).
+``norm_eps`` guard, plus ``reg_eps`` I, as in torchjd; when J^T p conflicts with a task
+the QP is solved by the compiled DAQP solver, its answer checked against the KKT
+conditions, with the exact Lawson-Hanson active-set method as the fallback (and for
+reg_eps < 1e-8).
 
 Scale: d(c J) = c d(J) for c > 0 while ||J||_F^2 >= norm_eps. T = 1 gives p_1 g_1. One
 host transfer of the T x T Gramian per step; NaN/Inf raise ``FloatingPointError``.

@@ -17,9 +17,13 @@ authors' library), G is first divided by its trace ||J||_F^2 (when that is below
 ``norm_eps`` the Gramian is replaced by 0 and d becomes sum_i p_i g_i) and ``reg_eps`` I is
 added (the QP becomes strictly convex; the projection is then onto the dual cone of a
 slightly regularised J, and d may conflict with a task by at most ~reg_eps relative to
-||J||_F^2). Each QP, written v = u + x, min_{x >= 0} 1/2 x^T G x + (G u)^T x, is solved
-exactly by the Lawson-Hanson active-set method in float64: the KKT residual is below
-1e-13 of max(|G|, |G u|), i.e. exact up to rounding (torchjd uses quadprog).
+||J||_F^2). Each QP min_{v >= u} 1/2 v^T G v whose u conflicts with a task (G u has a
+negative entry; the others give v = u) is solved in float64 by DAQP, a compiled dual
+active-set solver (torchjd uses quadprog, the same kind of method), and its answer is
+accepted only if its KKT residual is below 1e-9 of max|G| max|v|; otherwise, and
+whenever reg_eps < 1e-8 (then G may be singular), by the Lawson-Hanson active-set method
+on v = u + x, min_{x >= 0} 1/2 x^T G x + (G u)^T x, exact up to rounding (KKT residual
+below 1e-13 of max(|G|, |G u|)).
 
 Nearly degenerate cones (e.g. g_1 and g_2 almost opposite with a third gradient across
 them, Gramian condition numbers of 1e10 and more) need very large weights v, and the
