@@ -290,6 +290,7 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
         "shared_parameters": sum(p.numel() for p in shared),
         "flops_per_sample": flops_per_sample(model, _first_inputs(val_split, 8)),
         "architecture_stats": architecture_stats,
+        "strategy_stats": strategy.stats(),  # e.g. Nash-MTL: how often it reached its point
         "probes": {p.name: p.result() for p in probes},
         "timing": {
             "train_s": train_seconds,

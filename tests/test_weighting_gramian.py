@@ -112,7 +112,7 @@ def test_resolve_fills_paper_defaults():
     assert WEIGHTING.resolve("imtl", {}) == {}
     assert WEIGHTING.resolve("cagrad", {}) == {"c": 0.5, "rescale": 1, "norm_eps": 1e-4}
     assert WEIGHTING.resolve("nash_mtl", {}) == {
-        "update_weights_every": 1, "optim_niter": 20, "max_norm": 1.0,
+        "update_weights_every": 1, "optim_niter": 20, "max_norm": 1.0, "solver": "official",
     }
     assert WEIGHTING.resolve("aligned_mtl", {}) == {"scale_mode": "min", "pref_vector": None}
     assert WEIGHTING.resolve("config", {}) == {"pref_vector": None}
@@ -128,6 +128,7 @@ def test_resolve_fills_paper_defaults():
         ("nash_mtl", {"optim_niter": 0}),
         ("nash_mtl", {"update_weights_every": 1.5}),
         ("nash_mtl", {"max_norm": -1.0}),
+        ("nash_mtl", {"solver": "cvxpy"}),
         ("aligned_mtl", {"scale_mode": "max"}),
         ("upgrad", {"pref_vector": "mean"}),
         ("upgrad", {"reg_eps": -1e-4}),
@@ -639,6 +640,53 @@ def test_nash_mtl_without_a_solution_keeps_the_previous_weights():
     nash = make("nash_mtl", 3, max_norm=0.0)
     assert torch.allclose(nash.aggregate(jac), jac.sum(0))
     assert torch.equal(nash.last_weights, torch.ones(3, dtype=F64))
+
+
+def badly_scaled_jacobian(device: str) -> torch.Tensor:
+    """Three correlated task gradients, the first one 1000x the others."""
+    gen = torch.Generator().manual_seed(0)
+    jac = torch.randn(3, 10, generator=gen, dtype=F64)
+    jac = jac + 0.5 * torch.randn(10, generator=gen, dtype=F64)
+    return (jac * torch.tensor([1000.0, 1.0, 1.0], dtype=F64)[:, None]).to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nash_mtl_direct_solver_reaches_the_nash_point_on_badly_scaled_gradients(device):
+    # Issue 14: with one task 1000x the others the official sequence stops where
+    # alpha_t (G alpha)_t spreads by ~4600x across tasks; solver="direct" solves
+    # G alpha = 1/alpha, where alpha_t (G alpha)_t = 1 for every t.
+    jac = badly_scaled_jacobian(device)
+    gram = jac @ jac.T
+    direct = make("nash_mtl", 3, device, max_norm=0.0, solver="direct")
+    official = make("nash_mtl", 3, device, max_norm=0.0)
+    for _ in range(3):
+        direct.aggregate(jac)
+        official.aggregate(jac)
+    alpha = direct.last_weights
+    balance = alpha * (gram @ alpha)
+    assert (alpha > 0).all()
+    assert torch.allclose(balance, torch.ones_like(balance), rtol=1e-7)
+    assert direct.stats() == {"nash_point_reached_fraction": 1.0, "nash_solves": 3.0}
+    # The default stays the official sequence, and its stats say it missed the point.
+    alpha = official.last_weights
+    balance = alpha * (gram @ alpha)
+    assert (balance.max() / balance.min()).item() > 100.0
+    assert official.stats() == {"nash_point_reached_fraction": 0.0, "nash_solves": 3.0}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nash_mtl_stats_count_recomputations_and_reset(device):
+    # Well-conditioned: the official sequence reaches the Nash point; update_weights_every
+    # counts recomputations only; reset clears the counts; other strategies report {}.
+    jac = random_jacobian(3, 10, 4, device).abs()  # no conflict: a Nash point exists
+    nash = make("nash_mtl", 3, device, update_weights_every=2)
+    assert nash.stats() == {}
+    for _ in range(5):
+        nash.aggregate(jac)
+    assert nash.stats() == {"nash_point_reached_fraction": 1.0, "nash_solves": 3.0}
+    nash.reset(3, torch.device(device))
+    assert nash.stats() == {}
+    assert make("mgda", 3, device).stats() == {}
 
 
 # --------------------------------------------------------------------------- Aligned-MTL

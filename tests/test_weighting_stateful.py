@@ -713,6 +713,34 @@ def test_multi_batch_methods_train_through_trials(write_spec):
             assert sum(entry["weights"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_trials_record_strategy_stats(write_spec):
+    # Issue 14: the record keeps strategy.stats() (Nash-MTL: how often each step reached
+    # the Nash point); strategies without diagnostics record {}.
+    spec = write_spec("""
+        name = "stats"
+        seeds = [0]
+        datasets = [{ name = "mmoe_synthetic", num_train = 64, num_val = 32, num_test = 32, input_dim = 8 }]
+        sharing = ["hps"]
+        weighting = ["nash_mtl", "pcgrad"]
+
+        [model]
+        hidden = [8]
+
+        [train]
+        epochs = 2
+        batch_size = 32
+        lr = 0.01
+    """)
+    trials = [t for t in expand(load_spec(spec)) if not t.is_baseline]
+    records = {t.weighting.name: execute(t) for t in trials}
+    for record in records.values():
+        assert record["status"] == "ok", record.get("traceback")
+    nash = records["nash_mtl"]["strategy_stats"]
+    assert nash["nash_solves"] == 4.0  # 2 epochs x 2 steps
+    assert 0.0 <= nash["nash_point_reached_fraction"] <= 1.0
+    assert records["pcgrad"]["strategy_stats"] == {}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_per_step_paths_do_not_synchronize_with_the_host():
     # FairGrad solves on the host by design; every other method stays on the device.
