@@ -174,6 +174,7 @@ COLUMNS = [
     "trial_id", "dataset", "sharing", "weighting", "seed", "baseline_task", "baseline_id",
     "status",
     "task", "split", "metric", "value", "wall_s", "step_s", "parameters",
+    "trial_s", "step_spread", "best_epoch", "epochs",
 ]
 
 
@@ -196,6 +197,10 @@ def weighting_label(spec: dict[str, Any], varying_train: Sequence[str] = ()) -> 
         extra.append(_label(spec["sampling"], _defaults("sampling", spec["sampling"]["name"])))
     extra += [f"{k}={spec['train'][k]}" for k in varying_train]
     return f"{label} @{','.join(extra)}" if extra else label
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def load(run_dir: str | Path) -> pd.DataFrame:
@@ -228,6 +233,11 @@ def load(run_dir: str | Path) -> pd.DataFrame:
             "wall_s": rec.get("wall_s", math.nan),
             "step_s": rec.get("timing", {}).get("step_s", math.nan),
             "parameters": rec.get("parameters"),
+            # Steady-state timing (set-up and warm-up epoch left out; NaN in older records).
+            "trial_s": rec.get("timing", {}).get("trial_s", math.nan),
+            "step_spread": _float(rec.get("timing", {}).get("step_spread")),
+            "best_epoch": rec.get("best_epoch"),
+            "epochs": spec["train"].get("epochs"),
         }
         if rec["status"] != "ok":
             rows.append({**base, "task": None, "split": None, "metric": None, "value": math.nan,

@@ -18,6 +18,14 @@ CUDA it is ``torch.cuda.max_memory_allocated`` after
 ``torch.cuda.reset_peak_memory_stats`` (per step); elsewhere it is the process
 high-water resident set size from ``resource.getrusage`` (cannot be reset: it is
 the process's peak so far, an upper bound for the cell).
+
+Trial timings (:func:`trial_timing`): a trial's first epoch is its warm-up (first-call
+kernel selection, allocator growth, lazy initialisation) and its set-up (data, model,
+optimizer; a worker's first trial also pays the process's one-off imports, about 3 s for
+``torch._dynamo`` on the first optimizer) comes before it. Both are recorded
+(``setup_s``, ``warmup_s``) and left out of ``step_s`` and ``trial_s``; ``step_spread``
+is the IQR / median of the steady epochs' step times, and a spread above
+``SPREAD_FLAG`` marks a timing as noisy.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import torch
 
 __all__ = [
     "PHASES",
+    "SPREAD_FLAG",
     "CpuTimer",
     "CudaTimer",
     "MemoryProbe",
@@ -49,13 +58,18 @@ __all__ = [
     "ThreadTimeTimer",
     "machine_info",
     "make_timer",
+    "relative_spread",
     "summarize",
     "synchronize",
+    "trial_timing",
 ]
 
 #: Phases of ``bench.engine.train_step``, in order. Records always hold all of them
 #: (0 s where a strategy has no such phase, e.g. ``jacobian`` for loss-based ones).
 PHASES = ("forward", "jacobian", "aggregate", "backward", "optimizer", "post_step")
+
+#: A timing whose IQR / median exceeds this is flagged as noisy in reports.
+SPREAD_FLAG = 0.25
 
 
 @dataclass
@@ -238,6 +252,58 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
     arr = np.asarray(samples, dtype=np.float64)
     q25, q50, q75 = np.percentile(arr, [25.0, 50.0, 75.0])
     return {"median_s": float(q50), "iqr_s": float(q75 - q25)}
+
+
+def relative_spread(samples: Sequence[float]) -> float | None:
+    """IQR / median of ``samples`` (NaN dropped); None with fewer than 2 samples or a
+    median of 0."""
+    arr = np.asarray([v for v in samples if v is not None], dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    if arr.size < 2:
+        return None
+    q25, q50, q75 = np.percentile(arr, [25.0, 50.0, 75.0])
+    return float((q75 - q25) / q50) if q50 > 0 else None
+
+
+def trial_timing(
+    epoch_s: Sequence[float],
+    steps_per_epoch: int,
+    samples_per_epoch: int,
+    *,
+    setup_s: float,
+    run_s: float,
+) -> dict[str, Any]:
+    """The ``timing`` entry of a trial record.
+
+    ``epoch_s``: training seconds of each epoch (no evaluation); ``setup_s``: seconds
+    before the first step; ``run_s``: seconds from the first step to the end of the final
+    evaluation. With 2 epochs or more the first is the warm-up: ``step_s`` (and
+    ``samples_per_s``) come from the other epochs, and ``trial_s`` is ``run_s`` with the
+    warm-up epoch counted at the steady step time (set-up left out). With one epoch
+    nothing is left out (``warmup_steps`` 0). ``train_s`` is all training, warm-up
+    included; ``epoch_step_s`` the step time of every epoch; ``step_spread`` the IQR /
+    median of the steady epochs' step times (None below 2 steady epochs)."""
+    epochs = len(epoch_s)
+    if epochs == 0 or steps_per_epoch <= 0:
+        raise ValueError("trial_timing needs at least one epoch of at least one step")
+    warm = 1 if epochs >= 2 else 0
+    steady = list(epoch_s[warm:])
+    steady_s = float(sum(steady))
+    step_s = steady_s / (steps_per_epoch * len(steady))
+    warmup_s = float(sum(epoch_s[:warm]))
+    epoch_step = [float(s) / steps_per_epoch for s in epoch_s]
+    return {
+        "setup_s": float(setup_s),
+        "warmup_s": warmup_s,
+        "warmup_steps": warm * steps_per_epoch,
+        "train_s": float(sum(epoch_s)),
+        "steps": steps_per_epoch * epochs,
+        "step_s": step_s,
+        "step_spread": relative_spread(epoch_step[warm:]),
+        "epoch_step_s": epoch_step,
+        "samples_per_s": samples_per_epoch * len(steady) / steady_s if steady_s > 0 else None,
+        "trial_s": float(run_s) - warmup_s + warm * steps_per_epoch * step_s,
+    }
 
 
 @functools.cache

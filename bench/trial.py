@@ -33,6 +33,7 @@ from bench.sampling import (
     SingleInputFeeder,
 )
 from bench.tasks import Task
+from bench.timing import trial_timing
 from strategies import sharing, weighting
 from strategies.sharing.base import BackboneSpec, SharingArchitecture
 
@@ -173,6 +174,7 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
 
     Raises ``Diverged`` on a non-finite loss and ``TrialTimeout`` once
     ``time.perf_counter()`` passes ``deadline``."""
+    trial_start = time.perf_counter()
     train = spec.train
     device = resolve_device(train["device"])
     _set_determinism(device, train.get("deterministic", False))
@@ -222,11 +224,14 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     train_seconds = 0.0
+    epoch_seconds: list[float] = []  # training time of each epoch (the first: warm-up)
     probes = build_probes(spec.probes, [t.name for t in tasks], train["lr"],
                           total_steps=steps_per_epoch * train["epochs"])
     # Index of the first step with a non-finite loss, kept on the device (no per-step sync).
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
 
+    loop_start = time.perf_counter()
+    setup_s = loop_start - trial_start  # data, model, optimizer (and a worker's first imports)
     for epoch in range(train["epochs"]):
         start = time.perf_counter()
         loss_sum = torch.zeros(len(tasks), device=device)
@@ -253,7 +258,8 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
         task_steps = torch.tensor(feeder.task_steps(), dtype=loss_sum.dtype, device=device)
         mean_losses = loss_sum / task_steps.clamp(min=1)
         train_losses = mean_losses.tolist()  # one device sync per epoch
-        train_seconds += time.perf_counter() - start
+        epoch_seconds.append(time.perf_counter() - start)
+        train_seconds += epoch_seconds[-1]
         if not all(math.isfinite(v) for v in train_losses):
             raise Diverged(epoch, int(first_bad_step))
         strategy.end_epoch(mean_losses)
@@ -280,7 +286,7 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
     metrics = {"val": evaluate(model, tasks, val_split, train["eval_batch_size"])[0]}
     architecture_stats = model.stats()  # gathered on the validation split only
     metrics["test"] = evaluate(model, tasks, test_split, train["eval_batch_size"])[0]
-    total_steps = steps_per_epoch * train["epochs"]
+    run_s = time.perf_counter() - loop_start
     return {
         "metrics": metrics,
         "best_epoch": best[1],
@@ -292,13 +298,9 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
         "architecture_stats": architecture_stats,
         "strategy_stats": strategy.stats(),  # e.g. Nash-MTL: how often it reached its point
         "probes": {p.name: p.result() for p in probes},
-        "timing": {
-            "train_s": train_seconds,
-            "steps": total_steps,
-            "step_s": train_seconds / total_steps,
-            "samples_per_s": (feeder.num_samples * train["epochs"] / train_seconds
-                              if train_seconds > 0 else None),
-        },
+        # Set-up and the first (warm-up) epoch are recorded, not counted in step_s/trial_s.
+        "timing": trial_timing(epoch_seconds, steps_per_epoch, feeder.num_samples,
+                               setup_s=setup_s, run_s=run_s),
         "env": collect(device),
     }
 

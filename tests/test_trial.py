@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -118,3 +120,75 @@ def test_probe_schedule_rejects_other_words(write_spec):
         load_spec(write_spec(), overrides=["probes.conflict_every=often"])
     spec = load_spec(write_spec(), overrides=["probes.conflict_every=auto"])
     assert spec.probes.conflict_every == "auto"
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def test_trial_timing_leaves_out_set_up_and_the_warm_up_epoch():
+    from bench.timing import SPREAD_FLAG, trial_timing
+
+    # 4 epochs of 10 steps; the first carries 4.5 s of warm-up.
+    t = trial_timing([4.6, 0.1, 0.1, 0.1], 10, 640, setup_s=3.0, run_s=5.2)
+    assert t["steps"] == 40 and t["warmup_steps"] == 10
+    assert t["warmup_s"] == pytest.approx(4.6) and t["setup_s"] == 3.0
+    assert t["train_s"] == pytest.approx(4.9)
+    assert t["step_s"] == pytest.approx(0.01)  # the steady epochs only
+    assert t["samples_per_s"] == pytest.approx(6400.0)
+    assert t["trial_s"] == pytest.approx(5.2 - 4.6 + 0.1)  # warm-up at the steady rate
+    assert t["epoch_step_s"] == pytest.approx([0.46, 0.01, 0.01, 0.01])
+    assert t["step_spread"] == pytest.approx(0.0)
+    # A noisy steady part: IQR / median of the steady epochs' step times.
+    noisy = trial_timing([1.0, 0.1, 0.2, 0.1, 0.3], 10, 640, setup_s=0.0, run_s=2.0)
+    assert noisy["step_spread"] == pytest.approx((0.0225 - 0.01) / 0.015)  # q75, q25, q50
+    assert noisy["step_spread"] > SPREAD_FLAG
+    # One epoch: nothing to leave out, no spread.
+    one = trial_timing([0.5], 10, 640, setup_s=0.1, run_s=0.6)
+    assert one["warmup_steps"] == 0 and one["warmup_s"] == 0.0
+    assert one["step_s"] == pytest.approx(0.05) and one["step_spread"] is None
+    assert one["trial_s"] == pytest.approx(0.6)
+
+
+class _SlowStart(LossWeighting):
+    """Test double: a slow set-up (as a worker's first trial imports torch._dynamo) and a
+    slow first step (first-call initialisation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._first = True
+
+    def reset(self, num_tasks, device, seed=0):
+        super().reset(num_tasks, device, seed=seed)
+        time.sleep(0.3)
+        self._first = True
+
+    def combine(self, losses):
+        if self._first:
+            time.sleep(0.3)
+            self._first = False
+        return losses.sum()
+
+
+@pytest.fixture
+def slow_start():
+    WEIGHTING.register("_test_slow_start")(_SlowStart)
+    yield
+    WEIGHTING.unregister("_test_slow_start")
+
+
+def test_step_and_trial_times_exclude_set_up_and_warm_up(write_spec, slow_start):
+    spec = _trial(write_spec, "train.epochs=4")
+    slow = TrialSpec(spec.dataset, spec.sharing, type(spec.weighting)("_test_slow_start", {}),
+                     spec.seed, spec.model, spec.train)
+    t = execute(slow)["timing"]
+    steps_per_epoch = t["steps"] // 4
+    assert t["warmup_steps"] == steps_per_epoch and t["warmup_s"] >= 0.3
+    assert t["setup_s"] >= 0.3
+    # Without the 0.6 s of start-up a step of this tiny model takes a few milliseconds.
+    assert t["step_s"] < 0.3 / steps_per_epoch
+    assert t["step_s"] == pytest.approx(
+        (t["train_s"] - t["warmup_s"]) / (t["steps"] - t["warmup_steps"]))
+    assert t["trial_s"] < 0.3
+    rec = execute(slow)
+    assert rec["wall_s"] > 0.6 > rec["timing"]["trial_s"]  # wall time keeps everything
+    assert rec["timing"]["warmup_s"] == pytest.approx(rec["history"][0]["seconds"])
