@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.probes import MIN_PROBED_STEPS
 from bench.tasks import HIGHER_IS_BETTER
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "SCALARIZATION",
     "Rankings",
     "bootstrap_ci",
+    "conflict_summary",
     "cost_quality",
     "delta_m_intervals",
     "is_scalarization",
@@ -483,3 +485,61 @@ def scalarization_front(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
                 means.at[i, "dominated_by"] = ", ".join(ls["weighting"].to_numpy()[hit])
         out[str(dataset)] = means.reset_index(drop=True)
     return out
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def conflict_summary(rows: pd.DataFrame, min_probed_steps: int = MIN_PROBED_STEPS,
+                     level: float = CI_LEVEL) -> pd.DataFrame:
+    """Gradient-conflict probes per (dataset, strategy, pair), from one row per trial and
+    pair (columns dataset, strategy, seed, pair, conflict_fraction, mean_cosine,
+    mean_magnitude_similarity, probed_steps, and optionally cosines: the per-step list).
+
+    Near orthogonal gradients the conflict fraction (share of probed steps with cosine < 0)
+    is about 0.5 from noise alone, so it comes with the mean cosine and its Student-t
+    interval (``level``): over the seeds' mean cosines with 2 seeds or more (``interval``
+    = "seeds"), else over the one trial's probed steps ("probed steps"; correlated, so
+    narrower than the truth). ``cosine_sign``: "negative" / "positive" when the interval
+    excludes 0, "indistinguishable from 0" when it holds 0, "" without an interval.
+    ``probed_steps``: the fewest probed steps of any seed; ``enough_probes``: at least
+    ``min_probed_steps`` (fewer is mostly the step-0 measurement, before any strategy
+    acted)."""
+    keys = ["dataset", "strategy", "pair"]
+    cols = [*keys, "conflict_fraction", "mean_cosine", "cosine_low", "cosine_high",
+            "interval", "cosine_sign", "mean_magnitude_similarity", "n_seeds",
+            "probed_steps", "enough_probes"]
+    out = []
+    for key, g in rows.groupby(keys, sort=True):
+        seed_means = g["mean_cosine"].to_numpy(dtype=float)
+        n_seeds = int(g["seed"].nunique())
+        low, high, over = np.nan, np.nan, ""
+        if n_seeds >= 2:
+            _, low, high = t_interval(seed_means, level=level)
+            over = "seeds"
+        elif "cosines" in g:
+            steps = np.asarray([c for cs in g["cosines"] if isinstance(cs, list)
+                                for c in cs if c is not None], dtype=float)
+            _, low, high = t_interval(steps, level=level)
+            over = "probed steps"
+        if not np.isfinite(low):
+            over, sign = "", ""
+        elif high < 0:
+            sign = "negative"
+        elif low > 0:
+            sign = "positive"
+        else:
+            sign = "indistinguishable from 0"
+        probed = g["probed_steps"].min()
+        out.append({
+            **dict(zip(keys, key, strict=True)),
+            "conflict_fraction": float(g["conflict_fraction"].mean()),
+            "mean_cosine": float(np.nanmean(seed_means)) if np.isfinite(seed_means).any()
+            else np.nan,
+            "cosine_low": low, "cosine_high": high, "interval": over, "cosine_sign": sign,
+            "mean_magnitude_similarity": float(g["mean_magnitude_similarity"].mean()),
+            "n_seeds": n_seeds,
+            "probed_steps": int(probed) if pd.notna(probed) else 0,
+            "enough_probes": bool(pd.notna(probed) and probed >= min_probed_steps),
+        })
+    return pd.DataFrame(out, columns=cols)

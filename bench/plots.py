@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -458,7 +459,10 @@ def weights_over_training(weights: pd.DataFrame, title: str) -> Figure | None:
 
 def _matrix_panels(matrices: dict[str, pd.DataFrame], title: str, cbar: str, *,
                    center: float | None, vmin: float | None, vmax: float | None,
-                   cmap: str, xlabel: str = "", ylabel: str = "") -> Figure | None:
+                   cmap: str, xlabel: str = "", ylabel: str = "", fmt: str = ".2f",
+                   labels: dict[str, pd.DataFrame] | None = None) -> Figure | None:
+    """One heatmap per entry of ``matrices``; ``labels`` (same shapes, strings) replace
+    the numbers written in the cells."""
     matrices = {k: m for k, m in matrices.items() if not m.empty}
     if not matrices:
         return None
@@ -472,7 +476,11 @@ def _matrix_panels(matrices: dict[str, pd.DataFrame], title: str, cbar: str, *,
                           hspace=tick_w * 0.6 + 0.9, right=0.6)
         for ax, name in zip(axes, names, strict=True):
             m = matrices[name]
-            sns.heatmap(m, ax=ax, annot=m.shape[0] <= 8, fmt=".2f", cmap=cmap, center=center,
+            annot: Any = m.shape[0] <= 8
+            if annot and labels is not None and name in labels:
+                annot = labels[name].reindex(index=m.index, columns=m.columns).fillna("")
+                annot, fmt = annot.to_numpy(dtype=object), ""
+            sns.heatmap(m, ax=ax, annot=annot, fmt=fmt, cmap=cmap, center=center,
                         vmin=vmin, vmax=vmax, linewidths=0.5, square=True,
                         cbar_kws={"label": cbar, "shrink": 0.8})
             ax.set_xticklabels([_short(t.get_text(), 14) for t in ax.get_xticklabels()],
@@ -487,20 +495,60 @@ def _matrix_panels(matrices: dict[str, pd.DataFrame], title: str, cbar: str, *,
     return fig
 
 
-def conflict_heatmaps(matrices: dict[str, pd.DataFrame], title: str) -> Figure | None:
-    """Fraction of probed steps whose task gradients conflict (cosine < 0), task x task,
-    one panel per strategy."""
-    return _matrix_panels(matrices, title, "conflict fraction", center=None, vmin=0.0,
-                          vmax=1.0, cmap="Reds")
+def conflict_heatmaps(cosines: dict[str, pd.DataFrame], title: str,
+                      labels: dict[str, pd.DataFrame] | None = None) -> Figure | None:
+    """Mean gradient cosine of each task pair, task x task, one panel per strategy, on a
+    fixed [-1, 1] scale: red conflicting, blue aligned, pale near orthogonal (where the
+    conflict fraction is about 0.5 from noise alone, so it is not the colour). ``labels``:
+    the text of each cell (e.g. the cosine, its interval's verdict and the fraction)."""
+    return _matrix_panels(cosines, title, "mean gradient cosine", center=0.0, vmin=-1.0,
+                          vmax=1.0, cmap="RdBu", labels=labels)
+
+
+def _power_of_ten(values: list[float]) -> int:
+    """Exponent e with max |values| in [10^e, 10^(e+1)); 0 without a finite non-zero value."""
+    finite = [abs(v) for v in values if np.isfinite(v) and v != 0]
+    return int(np.floor(np.log10(max(finite)))) if finite else 0
 
 
 def affinity_heatmaps(matrices: dict[str, pd.DataFrame], title: str) -> Figure | None:
     """Lookahead affinity (Fifty et al. 2021): row task i's step, effect on column task j's
-    loss; one panel per strategy."""
-    limit = max((float(np.nanmax(np.abs(m.to_numpy()))) for m in matrices.values()
-                 if not m.empty and np.isfinite(m.to_numpy()).any()), default=1.0) or 1.0
-    return _matrix_panels(matrices, title, "affinity", center=0.0, vmin=-limit, vmax=limit,
-                          cmap="RdBu", xlabel="affected task j", ylabel="stepping task i")
+    loss; one panel per strategy.
+
+    Affinities are about lr x gradient products (often 1e-4 and below), so the cells are
+    written in units of a power of ten (named in the colour bar label) chosen from the
+    off-diagonal entries, and the colour scale is set by those entries: the diagonal (a
+    task's step on itself) is usually far larger and saturates."""
+    matrices = {k: m for k, m in matrices.items() if not m.empty}
+    if not matrices:
+        return None
+
+    def usable(values: Sequence[float]) -> list[float]:
+        return [abs(float(v)) for v in values if np.isfinite(v) and v != 0]
+
+    ref = usable([v for m in matrices.values() for i, row in enumerate(m.to_numpy())
+                  for j, v in enumerate(row) if m.index[i] != m.columns[j]])
+    ref = ref or usable([v for m in matrices.values() for v in m.to_numpy().ravel()])
+    exp = _power_of_ten(ref)
+    scaled = {k: m * 10.0 ** -exp for k, m in matrices.items()}
+    limit = max(ref) * 10.0 ** -exp if ref else 1.0
+    unit = "" if exp == 0 else f" (in units of 1e{exp})"
+    labels = {k: m.map(_compact) for k, m in scaled.items()}
+    return _matrix_panels(scaled, title, f"affinity{unit}", center=0.0, vmin=-limit,
+                          vmax=limit, cmap="RdBu", xlabel="affected task j",
+                          ylabel="stepping task i", labels=labels)
+
+
+def _compact(v: float) -> str:
+    """About three significant digits in a few characters (0.0898, 12.3, 1.74k, 174k)."""
+    if not np.isfinite(v):
+        return ""
+    if abs(v) >= 1e9:
+        return f"{v:.1e}"
+    div, suffix = next((d, s) for d, s in ((1e6, "M"), (1e3, "k"), (1.0, ""))
+                       if abs(v) >= d or d == 1.0)
+    x = v / div
+    return f"{x:.0f}{suffix}" if abs(x) >= 100 else f"{x:.3g}{suffix}"
 
 
 def cosine_over_steps(cosines: pd.DataFrame, title: str) -> Figure | None:
@@ -521,7 +569,8 @@ def cosine_over_steps(cosines: pd.DataFrame, title: str) -> Figure | None:
             for pair in pairs:
                 if pair in mean.index.get_level_values(0):
                     s = mean.loc[pair]
-                    ax.plot(s.index, s.to_numpy(), color=colors[pair])
+                    ax.plot(s.index, s.to_numpy(), color=colors[pair],
+                            marker="." if len(s) <= 40 else None, markersize=3)
             ax.axhline(0, color="black", linewidth=0.6)
             ax.set_title(_short(strategy))
             ax.set_xlabel("step")

@@ -32,6 +32,7 @@ import pandas as pd
 
 from bench import analysis, store
 from bench.errors import ConfigError
+from bench.probes import AUTO_PROBES, MIN_PROBED_STEPS
 from bench.tasks import HIGHER_IS_BETTER
 
 __all__ = ["load_speed", "to_latex", "write_report"]
@@ -479,12 +480,15 @@ def _relationships(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None
         conflict = probes.get("conflict") or {}
         steps = conflict.get("steps") or []
         fractions = conflict.get("conflict_fraction") or {}
+        # Records from before probed_steps was recorded: the length of their step list.
+        probed = conflict.get("probed_steps", len(steps))
         for pair, series in (conflict.get("pairs") or {}).items():
             cos = [v for v in (series or {}).get("cosine") or [] if v is not None]
             mag = [v for v in (series or {}).get("magnitude_similarity") or [] if v is not None]
             conflict_rows.append({**key, "pair": pair,
                                   "conflict_fraction": fractions.get(pair, math.nan),
                                   "mean_cosine": float(np.mean(cos)) if cos else math.nan,
+                                  "cosines": cos, "probed_steps": probed,
                                   "mean_magnitude_similarity":
                                       float(np.mean(mag)) if mag else math.nan})
             for i, c in enumerate((series or {}).get("cosine") or []):
@@ -493,12 +497,16 @@ def _relationships(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None
         for pair, frac in fractions.items():
             if pair not in (conflict.get("pairs") or {}):
                 conflict_rows.append({**key, "pair": pair, "conflict_fraction": frac,
-                                      "mean_cosine": math.nan,
+                                      "mean_cosine": math.nan, "cosines": [],
+                                      "probed_steps": probed,
                                       "mean_magnitude_similarity": math.nan})
-        matrix = (probes.get("affinity") or {}).get("matrix") or {}
+        affinity = probes.get("affinity") or {}
+        matrix = affinity.get("matrix") or {}
+        observed = affinity.get("probed_steps", affinity.get("observations", 0))
         for ti, row in matrix.items():
             for tj, v in (row or {}).items():
-                affinity_rows.append({**key, "task_i": ti, "task_j": tj, "affinity": v})
+                affinity_rows.append({**key, "task_i": ti, "task_j": tj, "affinity": v,
+                                      "probed_steps": observed})
         util = (rec.get("architecture_stats") or {}).get("expert_utilisation") or {}
         for task, ws in util.items():
             for e, w in enumerate(ws or []):
@@ -509,47 +517,76 @@ def _relationships(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None
             "records of this run.")))
         return
     if conflict_rows:
-        cf = pd.DataFrame(conflict_rows)
-        agg = cf.groupby(["dataset", "strategy", "pair"], sort=True).agg(
-            conflict_fraction=("conflict_fraction", "mean"),
-            mean_cosine=("mean_cosine", "mean"),
-            mean_magnitude_similarity=("mean_magnitude_similarity", "mean"),
-            n_seeds=("seed", "nunique")).reset_index()
+        summary = analysis.conflict_summary(pd.DataFrame(conflict_rows))
+        shown = summary[summary["enough_probes"]]
+        level = f"{analysis.CI_LEVEL:.0%}"
         sec.blocks.append(Block("heading", text="Gradient conflict"))
         sec.blocks.append(Block("para", text=(
-            "Pairwise cosine of the task gradients on the shared parameters at probed steps; "
-            "conflict fraction = share of probed steps with negative cosine. Means over "
-            "seeds.")))
-        doc.table(sec, "conflict", agg.round(4), "Gradient conflict per task pair")
+            "Pairwise cosine of the task gradients on the shared parameters at probed steps: "
+            f"mean cosine with its {level} t-interval (over the seeds' means; with one seed, "
+            "over that trial's probed steps, which are correlated, so the interval is too "
+            "narrow), and conflict fraction = share of probed steps with negative cosine, "
+            "mean over seeds. Near orthogonal gradients the fraction is about 0.5 from noise "
+            "alone: read it beside the cosine and whether its interval excludes 0.")))
+        _few_probes_note(sec, summary, "Gradient-conflict", "conflict", "conflict_every")
+        disp = pd.DataFrame({
+            "dataset": shown["dataset"], "strategy": shown["strategy"], "pair": shown["pair"],
+            f"mean cosine [{level} CI]": [
+                _ci(m, lo, hi, 3) for m, lo, hi in
+                zip(shown["mean_cosine"], shown["cosine_low"], shown["cosine_high"],
+                    strict=True)],
+            "CI over": shown["interval"], "cosine vs 0": shown["cosine_sign"],
+            "conflict fraction": shown["conflict_fraction"].round(3),
+            "magnitude similarity": shown["mean_magnitude_similarity"].round(3),
+            "n_seeds": shown["n_seeds"], "probed steps": shown["probed_steps"],
+        })
+        doc.table(sec, "conflict", disp, "Gradient conflict per task pair", summary,
+                  show=not disp.empty)
         cos = pd.DataFrame(cosine_rows)
-        for dataset, group in agg.groupby("dataset", sort=True):
+        for dataset, group in shown.groupby("dataset", sort=True):
             ds = str(dataset)
-            mats = {s: _pair_matrix(g, "conflict_fraction") for s, g in
-                    group.groupby("strategy", sort=True)}
+            by_strategy = dict(list(group.groupby("strategy", sort=True)))
+            mats = {s: _pair_matrix(g, "mean_cosine") for s, g in by_strategy.items()}
+            texts = {s: _pair_matrix(g.assign(text=[
+                f"{c:+.2f}{'*' if sign in ('negative', 'positive') else ''}\n{f:.2f}"
+                for c, sign, f in zip(g["mean_cosine"], g["cosine_sign"],
+                                      g["conflict_fraction"], strict=True)]), "text")
+                for s, g in by_strategy.items()}
             doc.figure(sec, f"conflict-{slug(ds)}",
-                       plots.conflict_heatmaps(mats, f"{ds}: gradient conflict fraction"),
-                       f"{ds}: fraction of probed steps with conflicting task gradients.")
+                       plots.conflict_heatmaps(mats, f"{ds}: gradient cosine and conflict "
+                                               "fraction", texts),
+                       f"{ds}: colour and upper number: mean gradient cosine (red conflicting, "
+                       f"blue aligned, pale near orthogonal; * its {level} interval excludes "
+                       "0); lower number: fraction of probed steps with a negative cosine.")
             if not cos.empty:
+                mine = cos[(cos["dataset"] == dataset) & cos["strategy"].isin(by_strategy)]
                 doc.figure(sec, f"cosine-{slug(ds)}", plots.cosine_over_steps(
-                    cos[cos["dataset"] == dataset], f"{ds}: gradient cosine over training"),
+                    mine, f"{ds}: gradient cosine over training"),
                     f"{ds}: cosine of each task pair's gradients over training steps.")
     if affinity_rows:
         af = pd.DataFrame(affinity_rows)
         agg = af.groupby(["dataset", "strategy", "task_i", "task_j"], sort=True).agg(
-            affinity=("affinity", "mean"), n_seeds=("seed", "nunique")).reset_index()
+            affinity=("affinity", "mean"), n_seeds=("seed", "nunique"),
+            probed_steps=("probed_steps", "min")).reset_index()
+        agg["enough_probes"] = agg["probed_steps"] >= MIN_PROBED_STEPS
+        shown = agg[agg["enough_probes"]]
         sec.blocks.append(Block("heading", text="Task affinity"))
         sec.blocks.append(Block("para", text=(
             "Lookahead inter-task affinity (Fifty et al. 2021): effect of a step on task i's "
-            "loss on task j's loss (positive: the step helps task j). Means over seeds.")))
-        doc.table(sec, "affinity", agg.round(4), "Task affinity (row task i -> task j)")
-        for dataset, group in agg.groupby("dataset", sort=True):
+            "loss on task j's loss (positive: the step helps task j), mean over probed steps, "
+            "then over seeds.")))
+        _few_probes_note(sec, agg, "Task-affinity", "affinity", "affinity_every")
+        doc.table(sec, "affinity", shown.drop(columns="enough_probes"),
+                  "Task affinity (row task i -> task j)", agg, show=not shown.empty)
+        for dataset, group in shown.groupby("dataset", sort=True):
             ds = str(dataset)
             mats = {s: g.pivot_table(index="task_i", columns="task_j", values="affinity")
                     for s, g in group.groupby("strategy", sort=True)}
             doc.figure(sec, f"affinity-{slug(ds)}",
                        plots.affinity_heatmaps(mats, f"{ds}: task affinity"),
                        f"{ds}: lookahead affinity, stepping task i (rows) on task j "
-                       "(columns).")
+                       "(columns), in the unit named by the colour bar; the colour scale "
+                       "follows the off-diagonal cells (the diagonal saturates).")
     if expert_rows:
         ex = pd.DataFrame(expert_rows)
         agg = ex.groupby(["dataset", "strategy", "task", "expert"], sort=True).agg(
@@ -572,18 +609,37 @@ def _relationships(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None
 
 
 def _pair_matrix(group: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Symmetric task x task matrix from ``ti|tj`` pair keys."""
-    entries: dict[tuple[str, str], float] = {}
+    """Symmetric task x task matrix from ``ti|tj`` pair keys (numbers or strings)."""
+    entries: dict[tuple[str, str], Any] = {}
     tasks: list[str] = []
     for pair, v in zip(group["pair"], group[value], strict=True):
         a, _, b = str(pair).partition("|")
         b = b or a
         entries[(a, b)] = entries[(b, a)] = v
         tasks += [t for t in (a, b) if t not in tasks]
-    m = pd.DataFrame(np.nan, index=tasks, columns=tasks)
-    for (a, b), v in entries.items():
-        m.loc[a, b] = v
-    return m
+    return pd.DataFrame({b: {a: entries.get((a, b), np.nan) for a in tasks} for b in tasks},
+                        index=tasks, columns=tasks)
+
+
+def _few_probes_note(sec: Section, results: pd.DataFrame, what: str, table: str,
+                     setting: str) -> None:
+    """Say which (dataset, strategy) probe results are left out for too few probed steps."""
+    few = results[~results["enough_probes"]].groupby(["dataset", "strategy"], sort=True)[
+        "probed_steps"].min().reset_index()
+    if few.empty:
+        return
+    parts = []
+    for dataset, g in few.groupby("dataset", sort=True):
+        lo, hi = int(g["probed_steps"].min()), int(g["probed_steps"].max())
+        count = str(lo) if lo == hi else f"{lo} to {hi}"
+        parts.append(f"{dataset}: {len(g)} of its strategies ({', '.join(g['strategy'])}), "
+                     f"{count} probed step{'' if hi == 1 else 's'} per trial")
+    sec.blocks.append(Block("note", text=(
+        f"{what} results from fewer than {MIN_PROBED_STEPS} probed steps are not shown as "
+        "per-strategy findings (such a result rests mostly on the step-0 measurement, taken "
+        "before any strategy acted and the same for every strategy of a seed): "
+        + "; ".join(parts) + f". They stay in tables/{table}.csv with enough_probes = False. "
+        f'probes.{setting} = "auto" probes about {AUTO_PROBES} steps of every trial.')))
 
 
 def _cost(doc: _Doc, tidy: pd.DataFrame, cells: pd.DataFrame, trials: pd.DataFrame,

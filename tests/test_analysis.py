@@ -365,3 +365,37 @@ def test_best_reference_uses_the_tuned_single_task_recipe_for_every_trial():
     assert best.loc[0, "rel_t2"] == pytest.approx(20.0)  # 0.6 vs the better 0.5
     with pytest.raises(ValueError, match="reference"):
         trial_summary(tidy, reference="worst")
+
+
+def test_conflict_summary_reports_the_mean_cosine_interval_beside_the_fraction():
+    """Near orthogonal gradients half the probed steps 'conflict' from noise alone: the
+    summary gives the mean cosine with its t-interval and says it holds 0."""
+    from bench.analysis import conflict_summary
+
+    rows = []
+    for seed, (noise, against, along) in enumerate(
+            [(0.010, -0.30, 0.20), (-0.012, -0.32, 0.25), (0.003, -0.28, 0.22)]):
+        for pair, cos, frac in (("a|b", noise, 0.5), ("a|c", against, 0.9),
+                                ("b|c", along, 0.1)):
+            rows.append({"dataset": "d", "strategy": "hps/ew", "seed": seed, "pair": pair,
+                         "conflict_fraction": frac, "mean_cosine": cos,
+                         "mean_magnitude_similarity": 0.9, "probed_steps": 20})
+    # One seed only: the interval is over that trial's probed steps.
+    rows.append({"dataset": "d", "strategy": "hps/mgda", "seed": 0, "pair": "a|b",
+                 "conflict_fraction": 0.25, "mean_cosine": 0.1, "cosines": [0.1, 0.2, 0.0, 0.1],
+                 "mean_magnitude_similarity": 0.8, "probed_steps": 4})
+    out = conflict_summary(pd.DataFrame(rows)).set_index(["strategy", "pair"])
+    noise = out.loc[("hps/ew", "a|b")]
+    _, low, high = t_interval([0.010, -0.012, 0.003])
+    assert noise["conflict_fraction"] == 0.5 and noise["interval"] == "seeds"
+    assert (noise["cosine_low"], noise["cosine_high"]) == pytest.approx((low, high))
+    assert noise["cosine_sign"] == "indistinguishable from 0"
+    assert out.loc[("hps/ew", "a|c"), "cosine_sign"] == "negative"
+    assert out.loc[("hps/ew", "b|c"), "cosine_sign"] == "positive"
+    assert out.loc[("hps/ew", "a|b"), "enough_probes"]
+    one = out.loc[("hps/mgda", "a|b")]
+    _, low, high = t_interval([0.1, 0.2, 0.0, 0.1])
+    assert one["interval"] == "probed steps" and one["n_seeds"] == 1
+    assert (one["cosine_low"], one["cosine_high"]) == pytest.approx((low, high))
+    # 4 probed steps is below the minimum: not a per-strategy finding.
+    assert one["probed_steps"] == 4 and not one["enough_probes"]

@@ -105,9 +105,10 @@ def _record(spec: TrialSpec, tasks: dict[str, str], values: dict[str, float], *,
     return rec
 
 
-def _probes(names: list[str], rng: np.random.Generator) -> dict:
+def _probes(names: list[str], rng: np.random.Generator, steps=(0, 10, 20, 30, 40, 50)) -> dict:
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    steps = [0, 10, 20, 30]
+    steps = list(steps)
+    cover = {"probed_steps": len(steps), "every": 10, "trial_steps": 60}
     return {
         "conflict": {
             "steps": steps,
@@ -115,8 +116,10 @@ def _probes(names: list[str], rng: np.random.Generator) -> dict:
                                    "magnitude_similarity": rng.uniform(0, 1, len(steps)).tolist()}
                       for a, b in pairs},
             "conflict_fraction": {f"{a}|{b}": float(rng.uniform(0, 1)) for a, b in pairs},
+            **cover,
         },
-        "affinity": {"matrix": {a: {b: float(rng.normal()) for b in names} for a in names}},
+        "affinity": {"matrix": {a: {b: float(rng.normal()) for b in names} for a in names},
+                     "observations": len(steps), "steps": steps, **cover},
     }
 
 
@@ -429,3 +432,51 @@ def test_toy_landscape_section_draws_trajectories_and_endpoints(tmp_path, write_
     assert (out / "plots" / "toy-trajectories.png").stat().st_size > 1000
     table = (out / "tables" / "toy-endpoints.csv").read_text().splitlines()
     assert len(table) == 3  # header + ew + mgda
+
+
+def test_probe_results_from_too_few_steps_are_left_out_with_a_note(tmp_path):
+    """A schedule longer than the trial leaves one probed step (step 0, before any strategy
+    acted): the report says so and draws no per-strategy finding from it."""
+    run = synthetic_run(tmp_path / "run", seeds=(0, 1, 2), ls=False, extras=False,
+                        datasets={"long": {"a": "binary", "b": "binary"},
+                                  "short": {"p": "binary", "q": "binary"}},
+                        strategies={("hps", "ew"): 2.0, ("hps", "mgda"): -6.0})
+    store = RunStore(run)
+    rng = np.random.default_rng(1)
+    for rec in list(store.records()):
+        if rec["spec"]["tasks"] is None:
+            dataset = rec["spec"]["dataset"]["name"]
+            rec["probes"] = _probes(rec["tasks"], rng,
+                                    steps=range(0, 60, 10) if dataset == "long" else [0])
+            store.write(rec)
+    write_report(run)
+    md = (run / "report.md").read_text("utf-8")
+    section = md[md.index("### Gradient conflict"):md.index("## Cost")]
+    assert "fewer than 5 probed steps" in section
+    assert "short: 2 of its strategies (hps/ew, hps/mgda), 1 probed step per trial" in section
+    assert "| long " in section and "| short " not in section
+    assert "mean cosine [95% CI]" in section and "| 6 " in section  # probed steps shown
+    plots = {p.stem for p in (run / "plots").glob("*.png")}
+    assert {"conflict-long", "cosine-long", "affinity-long"} <= plots
+    assert not {"conflict-short", "cosine-short", "affinity-short"} & plots
+    conflict = (run / "tables" / "conflict.csv").read_text().splitlines()
+    assert any(r.startswith("short,") and r.endswith(",1,False") for r in conflict)
+    assert any(r.startswith("long,") and r.endswith(",6,True") for r in conflict)
+
+
+def test_affinity_heatmap_values_are_readable():
+    """Affinities of order 1e-5 off the diagonal are written in a power-of-ten unit, not as
+    0.00, and the colour scale follows the off-diagonal cells."""
+    import pandas as pd
+
+    from bench import plots
+
+    m = pd.DataFrame([[1.7e-2, -8.2e-5], [3.1e-5, 1.8e-2]], index=["t1", "t2"],
+                     columns=["t1", "t2"])
+    fig = plots.affinity_heatmaps({"hps/ew": m}, "affinity")
+    ax = fig.axes[0]
+    cells = [t.get_text() for t in ax.texts]
+    assert cells == ["1.7k", "-8.2", "3.1", "1.8k"]
+    colorbar = fig.axes[1]
+    assert "1e-5" in colorbar.get_ylabel()
+    assert colorbar.get_ylim() == pytest.approx((-8.2, 8.2))
