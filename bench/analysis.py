@@ -35,6 +35,13 @@ Cost and quality (:func:`cost_quality`): ``delta_m_task`` against time per step
 (and peak memory when speed records give one); the non-dominated strategies of
 each dataset are marked.
 
+Gradient-conflict probes (:func:`conflict_summary`): the conflict fraction (share of
+probed steps with cosine < 0) is about 0.5 for orthogonal gradients from noise alone, so it
+comes with the mean cosine and its Student-t interval (over the seeds' means; with one
+seed, over that trial's probed steps) and whether that interval excludes 0; results from
+fewer than ``bench.probes.MIN_PROBED_STEPS`` probed steps are flagged ``enough_probes =
+False``.
+
 Scalarization front (:func:`scalarization_front`): for datasets with 2 or 3
 tasks, trials of the ``ls`` strategy (fixed weight vectors) trace the linear
 scalarization front in the space of per-task relative changes; every other
