@@ -73,6 +73,7 @@ __all__ = [
     "Rankings",
     "bootstrap_ci",
     "conflict_summary",
+    "convergence",
     "cost_quality",
     "delta_m_intervals",
     "is_scalarization",
@@ -413,6 +414,20 @@ def dominated_by(point: np.ndarray, front: np.ndarray) -> np.ndarray:
     if front.size == 0:
         return np.zeros(0, dtype=bool)
     return (front >= point).all(axis=1) & (front > point).any(axis=1)
+
+
+def convergence(tidy: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished trial (multi-task and single-task baselines) with its
+    ``best_epoch`` (0-based, lowest mean validation loss), ``epochs`` and
+    ``last_epoch_best``: the checkpoint is the last epoch, so the validation loss was
+    still falling when training stopped: probably not converged."""
+    cols = ["trial_id", *GROUP, "seed", "baseline_task", "best_epoch", "epochs"]
+    ok = tidy[tidy["status"] == "ok"].drop_duplicates("trial_id")
+    out = ok.reindex(columns=cols).reset_index(drop=True)
+    best = pd.to_numeric(out["best_epoch"], errors="coerce")
+    epochs = pd.to_numeric(out["epochs"], errors="coerce")
+    out["last_epoch_best"] = (best == epochs - 1) & (epochs > 1)
+    return out
 
 
 def trial_costs(tidy: pd.DataFrame) -> pd.DataFrame:

@@ -34,6 +34,7 @@ from bench import analysis, store
 from bench.errors import ConfigError
 from bench.probes import AUTO_PROBES, MIN_PROBED_STEPS
 from bench.tasks import HIGHER_IS_BETTER
+from bench.timing import SPREAD_FLAG, relative_spread
 
 __all__ = ["load_speed", "to_latex", "write_report"]
 
@@ -135,6 +136,7 @@ _LATEX = {
     "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
     "Δ": r"$\Delta$", "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "—": "---",
     "–": "--", "…": r"\ldots{}", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$",
+    "†": r"\dag{}",
 }
 
 
@@ -246,6 +248,34 @@ def _primary_metric(tidy: pd.DataFrame, task: str) -> str:
     return rest[0] if rest else "loss"
 
 
+NOISY = " †"  # marks a step time whose spread is large against its median
+LAST_EPOCH = "best = last epoch"
+
+
+def timing_spread(trials: pd.DataFrame) -> float:
+    """The largest relative spread (IQR / median) of a row's step time: within a trial (over
+    its steady epochs) or across its seeds. NaN when neither is known."""
+    spreads = [*trials["step_spread"].dropna().astype(float),
+               relative_spread(trials["step_s"].astype(float).tolist())]
+    spreads = [v for v in spreads if v is not None and math.isfinite(v)]
+    return max(spreads) if spreads else math.nan
+
+
+def _trial_columns(trials: pd.DataFrame, row: dict, r: dict) -> None:
+    """Step and trial time (steady state), seeds and trials that ended on their best
+    validation epoch, for one row of a results table (``trials``: one tidy row each)."""
+    spread = timing_spread(trials)
+    row["step (ms)"] = _pm(trials["step_s"] * 1000, 2) + (NOISY if spread > SPREAD_FLAG else "")
+    row["trial (s)"] = _pm(trials["trial_s"], 1)
+    row["seeds"] = trials["seed"].nunique()
+    conv = analysis.convergence(trials)
+    last = int(conv["last_epoch_best"].sum())
+    row[LAST_EPOCH] = f"{last}/{len(conv)}"
+    r.update(step_s_median=trials["step_s"].median(), step_spread=spread,
+             trial_s_mean=trials["trial_s"].mean(), wall_s_mean=trials["wall_s"].mean(),
+             seeds=row["seeds"], last_epoch_best=last, trials=len(conv))
+
+
 def _dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Display and raw tables of one dataset: one row per (sharing, weighting) and one for
     the single-task baselines."""
@@ -271,12 +301,7 @@ def _dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFram
                 math.nan, math.nan, math.nan)
             row[head] = _ci(*vals)
             r[name], r[f"{name}_low"], r[f"{name}_high"] = vals
-        trials = group.drop_duplicates("trial_id")
-        row["step (ms)"] = _pm(trials["step_s"] * 1000, 2)
-        row["trial (s)"] = _pm(trials["wall_s"], 1)
-        row["seeds"] = trials["seed"].nunique()
-        r.update(step_s_median=trials["step_s"].median(), wall_s_mean=trials["wall_s"].mean(),
-                 seeds=row["seeds"])
+        _trial_columns(group.drop_duplicates("trial_id"), row, r)
         rows.append(row)
         raw.append(r)
     # One baseline row per training recipe (a train_grid gives each value its baselines).
@@ -292,15 +317,44 @@ def _dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFram
             r[f"{t}_{primary[t]}_std"] = per_seed.std(ddof=1)
         row["Δm task ↑ (%)"] = row["Δm metric ↓ (%)"] = "0 (ref.)"
         r.update(delta_m_task=0.0, delta_m_metric=0.0)
-        trials = base.drop_duplicates("trial_id")
-        row["step (ms)"] = _pm(trials["step_s"] * 1000, 2)
-        row["trial (s)"] = _pm(trials["wall_s"], 1)
-        row["seeds"] = trials["seed"].nunique()
-        r.update(step_s_median=trials["step_s"].median(), wall_s_mean=trials["wall_s"].mean(),
-                 seeds=row["seeds"])
+        _trial_columns(base.drop_duplicates("trial_id"), row, r)
         rows.append(row)
         raw.append(r)
     return pd.DataFrame(rows), pd.DataFrame(raw)
+
+
+def _row_label(row: pd.Series) -> str:
+    if pd.notna(row["baseline_task"]):
+        return f"stl (baseline: {row['baseline_task']})"
+    return analysis.strategy_label(row["sharing"], row["weighting"])
+
+
+def _dataset_notes(tidy: pd.DataFrame, display: pd.DataFrame) -> list[Block]:
+    """Warnings under a results table: trials that ended on their best validation epoch
+    (probably not converged), and noisy step times."""
+    blocks = []
+    conv = analysis.convergence(tidy)
+    last = conv[conv["last_epoch_best"]]
+    if not last.empty:
+        conv["label"] = conv.apply(_row_label, axis=1)
+        counts = conv.groupby("label", sort=True)["last_epoch_best"].agg(["sum", "size"])
+        counts = counts[counts["sum"] > 0]
+        epochs = sorted({int(e) for e in last["epochs"]})
+        blocks.append(Block("note", text=(
+            f"Probably not converged: {len(last)} of {len(conv)} trials selected their last "
+            f"epoch (of {', '.join(map(str, epochs))}) as best on validation, so the "
+            "validation loss was still falling when training stopped; their metrics and Δm "
+            "describe unfinished models. Train longer (train.epochs). "
+            f"Column '{LAST_EPOCH}'; trials: "
+            + ", ".join(f"{k} {int(v['sum'])}/{int(v['size'])}" for k, v in counts.iterrows())
+            + ".")))
+    if display["step (ms)"].astype(str).str.endswith(NOISY).any():
+        blocks.append(Block("note", text=(
+            f"{NOISY.strip()} step time with a large spread: IQR / median above "
+            f"{SPREAD_FLAG:.0%} over the steady epochs of a trial or across seeds (machine "
+            "load, too few steps per epoch); compare such timings with mtlbench speed, "
+            "which repeats and interleaves its measurements.")))
+    return blocks
 
 
 # --------------------------------------------------------------------------- sections
@@ -330,9 +384,23 @@ def _overview(doc: _Doc, run_dir: Path, tidy: pd.DataFrame, labels: pd.DataFrame
         f"judged only with at least {analysis.MIN_SEEDS_VERDICT} seeds (fewer: 'too few "
         "seeds', no verdict).",
         "Metric directions: " + ", ".join(
-            f"{m} {'↑' if hi else '↓'}" for m, hi in HIGHER_IS_BETTER.items())
-        + ". step: training time per step; trial: wall time per trial.",
+            f"{m} {'↑' if hi else '↓'}" for m, hi in HIGHER_IS_BETTER.items()) + ".",
+        "step: training time per step without the first (warm-up) epoch; trial: training "
+        "and evaluation time per trial without set-up (data, model, and a worker's one-off "
+        "start-up), the warm-up epoch counted at the steady step time (both are in each "
+        f"record's timing). {NOISY.strip()}: step time with IQR / median above "
+        f"{SPREAD_FLAG:.0%} (within a trial or across seeds); no timing difference is "
+        "tested for significance here.",
+        f"{LAST_EPOCH}: trials whose checkpoint is their last epoch (probably not "
+        "converged).",
     ]))
+    conv = analysis.convergence(tidy)
+    last = int(conv["last_epoch_best"].sum())
+    if last:
+        sec.blocks.append(Block("note", text=(
+            f"Probably not converged: {last} of {len(conv)} finished trials selected their "
+            "last epoch as best on validation (the validation loss was still falling); see "
+            "the notes under each results table, and train longer.")))
 
 
 def _results(doc: _Doc, tidy: pd.DataFrame, cells: pd.DataFrame, summary: pd.DataFrame,
@@ -354,6 +422,7 @@ def _results(doc: _Doc, tidy: pd.DataFrame, cells: pd.DataFrame, summary: pd.Dat
             doc.table(sec, f"results-{slug(ds)}", display,
                       f"{ds}: test metrics (mean ± std over seeds) and Δm with "
                       f"{analysis.CI_LEVEL:.0%} Student-t intervals over seeds", raw)
+            sec.blocks += _dataset_notes(group, display)
         w = weights[weights["dataset"] == dataset] if not weights.empty else weights
         if not w.empty:
             doc.figure(sec, f"weights-{slug(ds)}", plots.weights_over_training(
@@ -673,6 +742,14 @@ def _cost(doc: _Doc, tidy: pd.DataFrame, cells: pd.DataFrame, trials: pd.DataFra
         if cq["peak_memory_bytes"].isna().all():
             disp = disp.drop(columns=["peak memory (MiB)"])
         doc.table(sec, "cost-quality", disp, "Cost and quality", cq)
+    if not trials.empty and trials["setup_s"].notna().any():
+        sec.blocks.append(Block("para", text=(
+            "Left out of every step and trial time: each trial's set-up (data, model, "
+            "optimizer, and in a worker's first trial its one-off imports; median {:.2f} s, "
+            "max {:.2f} s) and its first, warm-up epoch (median {:.2f} s, max "
+            "{:.2f} s). Step times include the probes' work when probes are on.".format(
+                trials["setup_s"].median(), trials["setup_s"].max(),
+                trials["warmup_s"].median(), trials["warmup_s"].max()))))
     mtl = trials[trials["baseline_task"].isna() & (trials["status"] == "ok")] if not (
         trials.empty) else trials
     doc.figure(sec, "throughput", plots.throughput(mtl),
@@ -822,7 +899,9 @@ def _trials(records: list[dict], labels: pd.DataFrame) -> pd.DataFrame:
         timing = rec.get("timing") or {}
         rows.append({"trial_id": rec["id"], **labels.loc[rec["id"]].to_dict(),
                      "samples_per_s": timing.get("samples_per_s", math.nan),
-                     "step_s": timing.get("step_s", math.nan)})
+                     "step_s": timing.get("step_s", math.nan),
+                     "setup_s": timing.get("setup_s", math.nan),
+                     "warmup_s": timing.get("warmup_s", math.nan)})
     return pd.DataFrame(rows)
 
 

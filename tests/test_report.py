@@ -94,7 +94,8 @@ def _record(spec: TrialSpec, tasks: dict[str, str], values: dict[str, float], *,
         "metrics": _metrics(tasks, values) if status == "ok" else {},
         "history": history if status == "ok" else [],
         "timing": {"train_s": 1.0, "steps": 100, "step_s": step_s * rng.uniform(0.9, 1.1),
-                   "samples_per_s": 64 / step_s},
+                   "samples_per_s": 64 / step_s, "setup_s": 0.1, "warmup_s": 0.05,
+                   "warmup_steps": 10, "step_spread": 0.05, "trial_s": 1.0},
         "wall_s": 1.2, "parameters": 1000, "shared_parameters": 800,
         "flops_per_sample": 1234, "architecture_stats": {},
         "env": {"python": "3.11", "torch": "2.13.0+cpu", "device": "cpu",
@@ -345,6 +346,37 @@ def test_report_gives_no_negative_transfer_verdict_below_three_seeds(tmp_path):
     changes = (run / "tables" / "task-changes.csv").read_text().splitlines()
     mgda = [r for r in changes if "hps/mgda" in r]
     assert len(mgda) == 2 and all(",False,too few seeds (n=2)" in r for r in mgda)
+
+
+def test_report_flags_unconverged_trials_and_noisy_step_times(tmp_path):
+    run = synthetic_run(tmp_path / "run", seeds=(0, 1, 2), datasets={"toy2": {
+        "a": "binary", "b": "binary"}}, extras=False, ls=False)
+    store = RunStore(run)
+    for rec in list(store.records()):
+        name = rec["spec"]["weighting"]["name"]
+        # 3 epochs: mgda and the baselines of task a end on their best validation epoch.
+        last = name == "mgda" or rec["spec"]["tasks"] == ["a"]
+        rec["best_epoch"] = 2 if last else 1
+        if name == "pcgrad":
+            rec["timing"]["step_spread"] = 0.6  # per-epoch step times all over the place
+        if name == "ew" and rec["spec"]["tasks"] is None and rec["spec"]["seed"] == 0:
+            rec["wall_s"] = 5.7  # a worker's first trial: start-up outside trial_s
+        store.write(rec)
+    md = write_report(run).read_text("utf-8")
+    table = md[md.index("### toy2"):md.index("## Rankings")]
+    assert "best = last epoch" in table
+    assert re.search(r"\| hps +\| mgda .*\| 3/3 +\|", table)
+    assert re.search(r"\| hps +\| ew .*\| 1\.0 ± 0\.0 .*\| 0/3 +\|", table)
+    assert re.search(r"\| stl \(baselines\) .*\| 3/6 +\|", table)
+    assert ("Probably not converged: 6 of 21 trials selected their last epoch (of 3)"
+            in table)
+    assert "hps/mgda 3/3" in table and "stl (baseline: a) 3/3" in table
+    assert "hps/ew" not in table.split("Probably not converged")[1].split(".")[0]
+    assert "Probably not converged: 6 of 21 finished trials" in md  # overview
+    assert re.search(r"\| hps +\| pcgrad .*\d †", table)
+    assert not re.search(r"\| hps +\| (ew|mgda) .*†", table)
+    assert "† step time with a large spread" in table
+    assert "Left out of every step and trial time" in md
 
 
 def test_report_without_records_is_a_config_error(tmp_path):
