@@ -4,12 +4,20 @@ the change exceeds the noise between seeds.
 Rows are matched by (dataset, sharing, weighting) label; single-task baselines are rows of
 their own (``stl (baseline: <task>)``). For every matched row the per-seed values of
 Δm task, Δm metric, each task's test metrics (not the losses) and the time per step are
-compared: difference of the means (B - A), its 95 % percentile-bootstrap interval
-(seeds of each run resampled independently, 10,000 resamples, seeded) and Welch's t-test
-(``--alpha``, default 0.05). A change *exceeds the seed noise* when Welch's p < alpha;
-when neither run varies across seeds (deterministic results) any difference counts.
-Fewer than 2 seeds in a run: no test (``n/a``). Rows present in one run only are listed,
-and so are the differences between the two sweeps' settings (from the manifests).
+compared: difference of the means (B - A), its Welch interval at level 1 - alpha
+(``diff ± t_df se``, Welch-Satterthwaite degrees of freedom: it excludes 0 exactly when
+the test below says yes) and Welch's t-test (``--alpha``, default 0.05). A change
+*exceeds the seed noise* when Welch's p < alpha; when neither run varies across seeds
+(deterministic results) any difference counts. Fewer than 2 seeds in a run: no test
+(``n/a``).
+
+Timings (``step (ms)``, the steady-state time per step of each trial record) get no
+verdict (``not tested``) and no interval: how much a timing varies between seeds is not
+its noise (machine load, other processes, another machine between the runs), so a
+difference "beyond seed noise" would mean nothing. ``mtlbench speed`` and ``mtlbench
+check`` compare timings with repeated, interleaved measurements. Rows present in one run
+only are listed, and so are the differences between the two sweeps' settings (from the
+manifests).
 
 The markdown goes to stdout and to ``RUN_B/compare-<name of RUN_A>.md`` (or ``--out``).
 """
@@ -36,6 +44,8 @@ HELP = "compare two run directories: changes per row and whether they exceed see
 
 KEY = ["dataset", "sharing", "weighting"]
 _STEP = "step (ms)"
+TIMINGS = frozenset({_STEP})  # compared without a noise verdict (see the module docstring)
+UNTESTED = "not tested"
 _DIRECTION = {"Δm task (%)": True, "Δm metric (%)": False, _STEP: False}
 
 
@@ -117,17 +127,19 @@ def _direction(quantity: str) -> bool | None:
     return HIGHER_IS_BETTER.get(quantity.rsplit(" ", 1)[-1])
 
 
-def _bootstrap_diff(a: np.ndarray, b: np.ndarray, level: float = analysis.CI_LEVEL,
-                    n_resamples: int = analysis.BOOTSTRAP_RESAMPLES,
-                    seed: int = analysis.BOOTSTRAP_SEED) -> tuple[float, float]:
+def welch_interval(a: np.ndarray, b: np.ndarray, level: float) -> tuple[float, float]:
+    """Interval of ``mean(b) - mean(a)``: ``diff ± t_df se`` with ``se² = s_a²/n_a +
+    s_b²/n_b`` and Welch-Satterthwaite ``df``; degenerate when neither sample varies, NaN
+    with fewer than 2 values in either."""
     if a.size < 2 or b.size < 2:
         return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    ma = a[rng.integers(0, a.size, (n_resamples, a.size))].mean(axis=1)
-    mb = b[rng.integers(0, b.size, (n_resamples, b.size))].mean(axis=1)
-    q = (1.0 - level) / 2.0
-    lo, hi = np.quantile(mb - ma, [q, 1.0 - q])
-    return (float(lo), float(hi))
+    diff = float(b.mean() - a.mean())
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    if va + vb == 0:
+        return (diff, diff)
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    half = float(stats.t.ppf(0.5 + level / 2.0, df) * math.sqrt(va + vb))
+    return (diff - half, diff + half)
 
 
 def _test(a: np.ndarray, b: np.ndarray, alpha: float) -> tuple[float, str]:
@@ -159,8 +171,11 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, alpha: float = 0.05,
     for key in sorted(set(ga) & set(gb)):
         a = ga[key]["value"].to_numpy(dtype=float)
         b = gb[key]["value"].to_numpy(dtype=float)
-        p, verdict = _test(a, b, alpha)
-        lo, hi = _bootstrap_diff(a, b)
+        if key[3] in TIMINGS:
+            p, verdict, (lo, hi) = math.nan, UNTESTED, (math.nan, math.nan)
+        else:
+            p, verdict = _test(a, b, alpha)
+            lo, hi = welch_interval(a, b, 1.0 - alpha)
         diff = float(b.mean() - a.mean())
         direction = _direction(key[3])
         if direction is None or diff == 0:
@@ -204,11 +219,14 @@ def render(cmp: Comparison, *, show_all: bool = False) -> str:
     def cell(x: Any) -> str:
         return str(x).replace("|", r"\|").replace("\n", " ")
 
+    level = f"{1 - cmp.alpha:.0%}"
     lines = [f"# mtlbench compare: {cmp.name_a} → {cmp.name_b}", "",
              "B − A per matched (dataset, sharing, weighting) row; mean ± std over seeds. "
              f"'beyond noise': Welch's t-test p < {cmp.alpha} (any difference when neither run "
-             "varies across seeds; n/a with fewer than 2 seeds). Interval: 95 % bootstrap of "
-             "the difference of means.", ""]
+             f"varies across seeds; n/a with fewer than 2 seeds). Interval: {level} Welch "
+             "interval of the difference of means (excludes 0 exactly when the test says "
+             f"yes). Step times (steady state, warm-up excluded) are '{UNTESTED}': seed "
+             "variation is not a timing's noise; compare timings with mtlbench speed.", ""]
     lines += ["## Sweep differences", ""]
     if cmp.sweep_diff:
         lines += [f"- `{k}`: {a!r} → {b!r}" for k, a, b in cmp.sweep_diff] + [""]
@@ -217,10 +235,12 @@ def render(cmp: Comparison, *, show_all: bool = False) -> str:
     rows = cmp.rows
     changed = rows if show_all else rows[rows["diff"].abs() > 0]
     sig = rows[rows["exceeds_noise"] == "yes"]
+    untested = rows[rows["exceeds_noise"] == UNTESTED]
     matched = rows[[*KEY]].drop_duplicates()
     lines += ["## Changes", "",
               f"{len(matched)} matched rows, {len(rows)} quantities compared, "
-              f"{int((rows['diff'].abs() > 0).sum())} changed, {len(sig)} beyond seed noise.",
+              f"{int((rows['diff'].abs() > 0).sum())} changed, {len(sig)} beyond seed noise "
+              f"({len(untested)} timings not tested).",
               ""]
     if not changed.empty:
         order = changed.assign(_s=(changed["exceeds_noise"] != "yes"),
@@ -236,7 +256,7 @@ def render(cmp: Comparison, *, show_all: bool = False) -> str:
         ] for r in order.itertuples()]
         lines += [tabulate(table, headers=[
             "dataset", "sharing", "weighting", "quantity", "A", "B", "B − A", "B − A (%)",
-            "95% interval", "Welch p", "beyond noise", ""], tablefmt="pipe",
+            f"{level} interval", "Welch p", "beyond noise", ""], tablefmt="pipe",
             disable_numparse=True), ""]
     if cmp.status:
         lines += ["## Trial status changes", ""]

@@ -22,6 +22,14 @@ of the machine hits every cell alike. A repeat sample is one step (or the mean o
 ``--steps`` consecutive steps). Per cell, one JSON record goes to
 ``DIR/speed/<cell-id>.json`` (atomically); see :func:`make_record` for the fields.
 
+Phase split: every step is timed by phase (forward, jacobian, aggregate, backward,
+optimizer, post_step; see :func:`bench.engine.train_step`). Besides the table of all
+cells, the command prints the split per number of tasks: for each strategy, engine
+and configuration, one row per T with each phase's median (ms and share of the step)
+and the step's growth over the smallest T, so it shows where a step goes as T grows.
+The same goes to ``DIR/speed/phases.md`` and, one row per cell and phase, to
+``DIR/speed/phases.csv`` (both from every record in ``DIR/speed/``).
+
 Timers (:mod:`bench.timing`): CUDA events with one synchronisation per step on
 CUDA; ``perf_counter`` on CPU (or, with ``--cpu-clock thread``, the thread's CPU
 time, for ``--threads 1`` on a busy machine); a synchronising ``perf_counter``
@@ -115,7 +123,7 @@ class SpeedCell:
     tower: tuple[int, ...]
     dropout: float
     input_shape: tuple[int, ...]
-    train: dict[str, Any]  # optimizer settings (optimizer, lr, weight_decay, momentum)
+    train: dict[str, Any]  # optimizer settings (optimizer, lr, weight_decay, momentum[, heads])
     device: str
     seed: int
 
@@ -212,6 +220,8 @@ def build_cells(
     widths = list(widths) if widths is not None else [model.hidden[0]]
     train = spec.train.model_dump()
     optim = {k: train[k] for k in ("optimizer", "lr", "weight_decay", "momentum")}
+    if train.get("heads", "method") != "method":  # as trials do (the default keeps cell ids)
+        optim["heads"] = train["heads"]
     device_name = device or train["device"]
     input_shape = _input_shape(spec)
     cells: list[SpeedCell] = []
@@ -308,6 +318,7 @@ class CellRunner:
                                  cell.train),
             shared=shared,
             task_specific=[p for p in self.model.parameters() if id(p) not in shared_ids],
+            heads=cell.train.get("heads", "method"),
         )
         # A few fixed batches, cycled: the data never leave the device in the timed loop,
         # and the model does not overfit one batch (some solvers' cost depends on the state).
@@ -482,7 +493,9 @@ def make_record(
     hidden layer; ``hidden`` has all), ``input_shape``, ``train`` (optimizer settings),
     ``seed``, ``device``, ``repeats``, ``warmup``, ``steps_per_repeat``, ``timer`` (the
     clock), ``phases`` ({phase: {median_s, iqr_s}} for every phase of
-    :data:`bench.timing.PHASES`, 0 where the strategy has no such phase), ``step``
+    :data:`bench.timing.PHASES`, 0 where the strategy has no such phase), ``phase_share``
+    ({phase: its median / the step's median}; the shares need not add up to exactly 1,
+    being ratios of medians), ``step``
     ({median_s, iqr_s, samples_s: the raw per-repeat step seconds}), ``samples_per_s``
     (batch size / median step; one step consumes ``batches_per_step`` batches but, as in
     trials, counts one batch), ``peak_memory_bytes`` and ``peak_memory_kind``
@@ -514,6 +527,7 @@ def make_record(
         "steps_per_repeat": steps_per_repeat,
         "timer": timer_kind,
         "phases": {p: summarize(measurement.phase_samples(p)) for p in PHASES},
+        "phase_share": phase_shares(measurement, step["median_s"]),
         "step": {**step, "samples_s": steps},
         "samples_per_s": cell.batch_size / step["median_s"] if step["median_s"] > 0 else None,
         "peak_memory_bytes": measurement.peak_memory_bytes,
@@ -525,6 +539,12 @@ def make_record(
     if slowdown:
         record["injected_slowdown"] = slowdown
     return record
+
+
+def phase_shares(measurement: Measurement, step_median_s: float) -> dict[str, float | None]:
+    """Each phase's median as a share of the step's median (None for a 0 s step)."""
+    return {p: statistics.median(measurement.phase_samples(p)) / step_median_s
+            if step_median_s > 0 else None for p in PHASES}
 
 
 def add_ratios(cells: Sequence[SpeedCell], records: Sequence[dict[str, Any]]) -> None:
@@ -544,11 +564,26 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
 
+def _order(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records grouped by configuration (strategy, engine, architecture, batch, width,
+    device), T growing within each group; groups in first-seen order."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(_split_key(r), []).append(r)
+    return [r for rs in groups.values() for r in sorted(rs, key=lambda r: r["num_tasks"])]
+
+
+def _split_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["strategy"], _canonical(r.get("strategy_params", {})), r["engine"] or "-",
+            r["sharing"], _canonical(r.get("sharing_params", {})), r["batch_size"],
+            r["width"], r["device"])
+
+
 def table(records: Sequence[dict[str, Any]]) -> str:
     from tabulate import tabulate
 
     rows = []
-    for r in records:
+    for r in _order(records):
         mem = r["peak_memory_bytes"]
         rows.append([
             r["strategy"], r["engine"] or "-", r["sharing"], r["num_tasks"], r["batch_size"],
@@ -562,6 +597,99 @@ def table(records: Sequence[dict[str, Any]]) -> str:
                *(f"{p} ms" for p in PHASES), "step ms", "IQR ms", "samples/s", "x ew",
                "peak MiB"]
     return tabulate(rows, headers=headers, disable_numparse=True)
+
+
+def split_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The phase split per T: one row per record, grouped as :func:`_order` does, with
+    each phase's median (s) and share of the step's median, the step's median and its
+    growth over the same configuration's smallest T (``step_vs_min_t``)."""
+    rows = []
+    first: dict[tuple[Any, ...], float] = {}
+    for r in _order(records):
+        step = r["step"]["median_s"]
+        key = _split_key(r)
+        base = first.setdefault(key, step)
+        row: dict[str, Any] = {
+            "strategy": r["strategy"], "engine": r["engine"], "sharing": r["sharing"],
+            "num_tasks": r["num_tasks"], "batch_size": r["batch_size"], "width": r["width"],
+            "device": r["device"], "cell_id": r.get("cell_id"),
+        }
+        for p in PHASES:
+            median = r["phases"][p]["median_s"]
+            row[f"{p}_s"] = median
+            row[f"{p}_share"] = median / step if step > 0 else None
+        row["step_s"] = step
+        row["step_vs_min_t"] = step / base if base > 0 else None
+        rows.append(row)
+    return rows
+
+
+def split_table(records: Sequence[dict[str, Any]], fmt: str = "simple") -> str:
+    """Where each step goes as T grows: per configuration, one row per T with every
+    phase's median in ms and its share of the step (phases that are 0 everywhere are
+    left out), the step in ms and its growth over the smallest T."""
+    from tabulate import tabulate
+
+    rows = split_rows(records)
+    shown = [p for p in PHASES if any(row[f"{p}_s"] > 0 for row in rows)]
+
+    def cell(row: dict[str, Any], p: str) -> str:
+        share = row[f"{p}_share"]
+        return _ms(row[f"{p}_s"]) + (f" ({share:.0%})" if share is not None else "")
+
+    body = [[row["strategy"], row["engine"] or "-", row["sharing"], row["batch_size"],
+             row["width"], row["num_tasks"], *(cell(row, p) for p in shown),
+             _ms(row["step_s"]),
+             f"{row['step_vs_min_t']:.2f}" if row["step_vs_min_t"] is not None else "-"]
+            for row in rows]
+    headers = ["strategy", "engine", "sharing", "batch", "width", "T",
+               *(f"{p} ms (share)" for p in shown), "step ms", "x smallest T"]
+    return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True)
+
+
+def load_records(folder: Path) -> list[dict[str, Any]]:
+    """Every speed record in ``folder`` (``*.json`` of kind "speed"; unreadable files and
+    other kinds are skipped)."""
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("kind") == "speed" and "phases" in rec:
+            records.append(rec)
+    return records
+
+
+def write_split(folder: Path) -> tuple[Path, Path]:
+    """``phases.csv`` (one row per record and phase) and ``phases.md`` (the split table)
+    from every record in ``folder``, written atomically."""
+    import csv
+    import io
+
+    from bench.store import atomic_write_text
+
+    records = sorted(load_records(folder), key=lambda r: (_split_key(r), r["num_tasks"]))
+    rows = split_rows(records)
+    buf = io.StringIO()
+    fields = ["cell_id", "strategy", "engine", "sharing", "num_tasks", "batch_size", "width",
+              "device", "phase", "median_s", "share_of_step", "step_median_s",
+              "step_vs_min_t"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        for p in PHASES:
+            writer.writerow({
+                **{k: row[k] for k in ("cell_id", "strategy", "engine", "sharing",
+                                       "num_tasks", "batch_size", "width", "device")},
+                "phase": p, "median_s": row[f"{p}_s"], "share_of_step": row[f"{p}_share"],
+                "step_median_s": row["step_s"], "step_vs_min_t": row["step_vs_min_t"],
+            })
+    csv_path, md_path = folder / "phases.csv", folder / "phases.md"
+    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(md_path, "Phase split per T (median ms and share of the step's "
+                      "median)\n\n" + split_table(records, "github") + "\n")
+    return csv_path, md_path
 
 
 def with_all_strategies(spec: SweepSpec) -> SweepSpec:
@@ -671,7 +799,11 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str], Path
 def main(args: argparse.Namespace) -> int:
     records, notes, out = run(args)
     print(table(records))
+    print("\nPhase split per T (median ms and share of the step's median):\n")
+    print(split_table(records))
     for note in notes:
         print(f"note: {note}")
-    print(f"{len(records)} cells x {args.repeats} repeats -> {out}")
+    csv_path, md_path = write_split(out)
+    print(f"{len(records)} cells x {args.repeats} repeats -> {out} "
+          f"(phase split: {csv_path.name}, {md_path.name})")
     return 0

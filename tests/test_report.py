@@ -419,7 +419,10 @@ def test_compare_flags_the_changed_strategy(real_run, tmp_path, capsys):
     assert not sig.empty and set(sig["weighting"]) == {"mgda"}
     assert (sig["direction"] == "worse").all()
     ew = cmp.rows[cmp.rows["weighting"] == "ew"]
-    assert (ew["diff"] == 0).all() and (ew["exceeds_noise"] == "no").all()
+    assert (ew["diff"] == 0).all()
+    timing = ew["quantity"] == "step (ms)"
+    assert (ew[~timing]["exceeds_noise"] == "no").all()
+    assert (ew[timing]["exceeds_noise"] == "not tested").all()
     assert cmp.only_a == [] and [k[1:] for k in cmp.only_b] == [("hps", "newstrat")]
     assert "## Only in B" in report and "newstrat" in report
     assert "| mgda" in report and "yes" in report
@@ -443,6 +446,48 @@ def test_compare_reports_sweep_differences_and_bad_input(tmp_path):
         _compare(str(a), str(tmp_path / "missing"))
     with pytest.raises(ConfigError):
         compare.compare_runs(a, b, alpha=2.0)
+
+
+def test_compare_gives_timings_no_seed_noise_verdict(tmp_path, capsys):
+    """Run B's steps are 3x slower in every trial, with the same seed-to-seed variation:
+    Welch's test over seeds would call that beyond seed noise, but seed variation is not a
+    timing's noise, so timings are reported without that verdict."""
+    a = synthetic_run(tmp_path / "a", seeds=(0, 1, 2), extras=False, ls=False)
+    b = synthetic_run(tmp_path / "b", seeds=(0, 1, 2), extras=False, ls=False)
+    store = RunStore(b)
+    for rec in list(store.records()):
+        rec["timing"]["step_s"] *= 3.0
+        store.write(rec)
+    cmp = compare.compare_runs(a, b)
+    steps = cmp.rows[cmp.rows["quantity"] == "step (ms)"]
+    assert not steps.empty and (steps["rel_diff_pct"] > 150).all()
+    assert (steps["exceeds_noise"] == "not tested").all()
+    assert steps["welch_p"].isna().all() and steps["diff_low"].isna().all()
+    assert cmp.significant.empty  # nothing else changed
+    text = compare.render(cmp)
+    assert "0 beyond seed noise" in text and "timings not tested" in text
+    assert "| not tested" in text
+    assert _compare(str(a), str(b), "--fail-on-change", "--out", str(tmp_path / "c.md")) == 0
+
+
+def test_compare_interval_is_welchs_and_agrees_with_the_test():
+    from scipy import stats
+
+    a, b = np.array([1.0, 2.0]), np.array([10.0, 14.0])
+    lo, hi = compare.welch_interval(a, b, 0.95)
+    # diff 10.5, se² = 0.5/2 + 8/2 = 4.25, df = 4.25² / (0.25² + 4²) = 1.1247
+    half = stats.t.ppf(0.975, 4.25**2 / (0.25**2 + 4.0**2)) * math.sqrt(4.25)
+    assert (lo, hi) == pytest.approx((10.5 - half, 10.5 + half))
+    assert lo < 0 < hi  # two seeds each: not distinguishable (a bootstrap said [8, 13])
+    assert compare._test(a, b, 0.05)[1] == "no"
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x, y = rng.normal(0, 1, 4), rng.normal(rng.uniform(0, 3), 1, 3)
+        lo, hi = compare.welch_interval(x, y, 0.95)
+        assert (lo > 0 or hi < 0) == (compare._test(x, y, 0.05)[1] == "yes")
+    assert compare.welch_interval(np.array([1.0, 1.0]), np.array([2.0, 2.0]), 0.95) == (
+        1.0, 1.0)
+    assert all(math.isnan(v) for v in compare.welch_interval(np.array([1.0]), b, 0.95))
 
 
 def test_toy_landscape_section_draws_trajectories_and_endpoints(tmp_path, write_spec):

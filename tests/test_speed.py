@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import math
@@ -11,6 +12,7 @@ import torch
 
 from bench import cli, speed
 from bench.config import load_spec
+from bench.engine import ENGINES
 from bench.errors import ConfigError
 from bench.timing import (
     PHASES,
@@ -22,6 +24,7 @@ from bench.timing import (
     make_timer,
     summarize,
 )
+from strategies.sharing import SHARING
 from strategies.weighting import WEIGHTING, GradientWeighting, GramianWeighting
 
 SPEED_SPEC = """
@@ -210,16 +213,30 @@ def test_measure_uses_one_timer_in_round_robin(monkeypatch, write_spec):
 # ----------------------------------------------------------------------------- cells
 
 
+def _serves(engine, cls):
+    try:
+        ENGINES[engine]().check(cls, SHARING.get("hps"))
+    except ValueError:
+        return False
+    return True
+
+
 def test_build_cells_axes_and_skips(write_spec):
     spec = load_spec(write_spec(SPEED_SPEC))
     cells, notes = speed.build_cells(spec, tasks=[2, 5], batch_sizes=[4], widths=[8, 16])
     by = {(c.strategy.name, c.engine) for c in cells}
     assert ("ew", None) in by and ("uw", None) in by  # loss-based: one engine-less cell
-    assert by == {("ew", None), ("uw", None), ("t_plain", "loop"), ("t_plain", "vmap"),
-                  ("t_gram", "loop"), ("t_gram", "vmap"), ("t_gram", "gramian")}
-    assert sorted(n.split(":")[0] for n in notes) == [
-        "skipped t_gram x rep x hps", "skipped t_plain x gramian x hps",
-        "skipped t_plain x rep x hps"]
+    assert {("t_plain", "loop"), ("t_plain", "vmap"), ("t_gram", "loop"), ("t_gram", "vmap"),
+            ("t_gram", "gramian")} <= by
+    # every engine that serves a strategy gets a cell; each other one a note
+    served = {(name, e) for name, cls in (("t_plain", _Plain), ("t_gram", _Gram))
+              for e in ENGINES if _serves(e, cls)}
+    assert by == {("ew", None), ("uw", None), *served}
+    skipped = sorted(f"skipped {name} x {e} x hps" for name in ("t_plain", "t_gram")
+                     for e in ENGINES if (name, e) not in served)
+    assert sorted(n.split(":")[0] for n in notes) == skipped
+    assert {"skipped t_gram x rep x hps", "skipped t_plain x gramian x hps",
+            "skipped t_plain x rep x hps"} <= set(skipped)
     assert len(cells) == len(by) * 2 * 2
     assert {c.hidden for c in cells} == {(8, 4), (16, 8)}  # width scales the shape
     assert len({c.id for c in cells}) == len(cells)
@@ -296,7 +313,81 @@ def test_speed_command_writes_full_records(plugged, write_spec, tmp_path, capsys
             assert r["phases"]["jacobian"]["median_s"] == 0
         assert ("injected_slowdown" in r) == (r["strategy"] == "uw")
         assert r["cell_id"] == (out / "speed" / f"{r['cell_id']}.json").stem
+        assert set(r["phase_share"]) == set(PHASES)
+        assert r["phase_share"]["forward"] == pytest.approx(
+            r["phases"]["forward"]["median_s"] / r["step"]["median_s"])
     assert not list((out / "speed").glob(".*.tmp"))  # atomic writes leave no temporaries
+    # The phase split per T: printed, and written for every record of the folder.
+    assert "Phase split per T" in printed and "x smallest T" in printed
+    rows = list(csv.DictReader((out / "speed" / "phases.csv").open()))
+    assert len(rows) == len(records) * len(PHASES)
+    assert {(r["cell_id"], r["phase"]) for r in rows} == {
+        (rec["cell_id"], p) for rec in records for p in PHASES}
+    md = (out / "speed" / "phases.md").read_text()
+    assert md.count("\n| t_gram ") == 4  # loop and gramian, T = 2 and 3
+
+
+def _record(strategy, engine, T, step, **phases):
+    return {
+        "kind": "speed", "cell_id": f"{strategy}-{engine}-{T}", "strategy": strategy,
+        "strategy_params": {}, "engine": engine, "sharing": "hps", "sharing_params": {},
+        "num_tasks": T, "batch_size": 8, "width": 4, "device": "cpu",
+        "phases": {p: {"median_s": phases.get(p, 0.0), "iqr_s": 0.0} for p in PHASES},
+        "step": {"median_s": step, "iqr_s": 0.0, "samples_s": [step]},
+        "samples_per_s": 8 / step, "ratio_to_ew": None, "peak_memory_bytes": None,
+    }
+
+
+def test_phase_split_groups_by_configuration_with_t_growing():
+    records = [
+        _record("mgda", "loop", 8, 4.0, forward=1.0, jacobian=2.0, optimizer=1.0),
+        _record("ew", None, 8, 2.0, forward=1.0, backward=1.0),
+        _record("mgda", "loop", 2, 1.0, forward=0.5, jacobian=0.25, optimizer=0.25),
+        _record("ew", None, 2, 1.0, forward=0.5, backward=0.5),
+        _record("mgda", "vmap", 2, 2.0, jacobian=2.0),
+    ]
+    rows = speed.split_rows(records)
+    assert [(r["strategy"], r["engine"], r["num_tasks"]) for r in rows] == [
+        ("mgda", "loop", 2), ("mgda", "loop", 8), ("ew", None, 2), ("ew", None, 8),
+        ("mgda", "vmap", 2)]
+    assert [r["step_vs_min_t"] for r in rows] == [1.0, 4.0, 1.0, 2.0, 1.0]
+    assert rows[1]["jacobian_share"] == 0.5 and rows[1]["jacobian_s"] == 2.0
+    assert rows[2]["jacobian_share"] == 0.0
+    text = speed.split_table(records)
+    # phases that are 0 in every record are left out
+    assert "jacobian ms (share)" in text and "post_step" not in text and "aggregate" not in text
+    assert "2000.000 (50%)" in text  # mgda loop T=8: jacobian 2 s of a 4 s step
+    # the main table lists the same order (T grows within each configuration)
+    lines = speed.table(records).splitlines()[2:]
+    assert [line.split()[:4] for line in lines] == [
+        ["mgda", "loop", "hps", "2"], ["mgda", "loop", "hps", "8"], ["ew", "-", "hps", "2"],
+        ["ew", "-", "hps", "8"], ["mgda", "vmap", "hps", "2"]]
+
+
+def test_write_split_reads_every_record_of_the_folder(tmp_path):
+    folder = tmp_path / "speed"
+    folder.mkdir()
+    for rec in (_record("ew", None, 2, 1.0, forward=1.0), _record("ew", None, 4, 3.0)):
+        (folder / f"{rec['cell_id']}.json").write_text(json.dumps(rec))
+    (folder / "broken.json").write_text("{")
+    (folder / "other.json").write_text(json.dumps({"kind": "trial"}))
+    csv_path, md_path = speed.write_split(folder)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 2 * len(PHASES)
+    forward = [r for r in rows if r["phase"] == "forward"]
+    assert [(r["num_tasks"], float(r["share_of_step"]), float(r["step_vs_min_t"]))
+            for r in forward] == [("2", 1.0, 1.0), ("4", 0.0, 3.0)]
+    assert md_path.read_text().startswith("Phase split per T")
+
+
+def test_cells_carry_non_default_head_gradients(write_spec):
+    spec = load_spec(write_spec(SPEED_SPEC))
+    cells, _ = speed.build_cells(spec, engines=["loop"], tasks=[2])
+    assert all("heads" not in c.train for c in cells)  # default: cell ids unchanged
+    spec = load_spec(write_spec(SPEED_SPEC), overrides=['train.heads="own"'])
+    cells, _ = speed.build_cells(spec, engines=["loop"], tasks=[2])
+    assert all(c.train["heads"] == "own" for c in cells)
+    assert speed.CellRunner(cells[0]).ctx.heads == "own"
 
 
 @pytest.mark.parametrize(
