@@ -18,12 +18,15 @@ be those of the baseline (else exit 2: rerun with ``--update``).
 
 Speed. One step cell per strategy of the sweep (its first architecture, T of its
 first dataset, ``train.batch_size``, width ``model.hidden[0]``,
-``train.engine``) plus ``ew``, built once and timed round-robin on one CPU
-thread, with the thread's CPU time (time spent preempted by other processes does
-not count). A repeat sample of a cell is its fastest of ``--steps`` consecutive
-steps; each round gives one sample per strategy, the ratio of its sample to
-``ew``'s in the same round, so the speed of the machine cancels. A strategy
-regressed if both
+``train.engine``) plus ``ew``, and the same again at ``T = --large-tasks``
+(default 32; 0 leaves them out), so that a cost growing faster than T (say, every
+task's backward running through every other task's head: O(T^2)) moves a ratio
+by far more than the minimum effect. All cells are built once and timed
+round-robin on one CPU thread, with the thread's CPU time (time spent preempted
+by other processes does not count). A repeat sample of a cell is its fastest of
+``--steps`` consecutive steps; each round gives one sample per cell, the ratio of
+its sample to that of the ``ew`` cell with the same T in the same round, so the
+speed of the machine cancels. A cell regressed if both
 
 - its median ratio grew by more than ``--min-effect`` (default 15%) over the
   baseline's median ratio, and
@@ -99,6 +102,7 @@ DEFAULTS = {
     "repeats": 40,
     "warmup": 5,
     "steps": 5,
+    "large_tasks": 32,
 }
 BLOCK_REDUCE = "min"  # a repeat sample is the fastest of --steps consecutive steps
 THREADS = 1
@@ -272,8 +276,17 @@ def run_accuracy(spec: SweepSpec, *, quiet: bool = False) -> dict[str, dict[str,
     return out
 
 
-def speed_cells(spec: SweepSpec) -> list[speed.SpeedCell]:
-    """``ew`` plus one cell per other strategy of the sweep (see the module docstring)."""
+def speed_tasks(spec: SweepSpec, large_tasks: int = DEFAULTS["large_tasks"]) -> list[int]:
+    """The numbers of tasks of the speed cells: T of the first dataset, and
+    ``large_tasks`` when it is larger (0: none)."""
+    first = speed._default_tasks(spec)
+    return [first, large_tasks] if large_tasks > first else [first]
+
+
+def speed_cells(spec: SweepSpec,
+                large_tasks: int = DEFAULTS["large_tasks"]) -> list[speed.SpeedCell]:
+    """``ew`` plus one cell per other strategy of the sweep, at each of
+    :func:`speed_tasks` (see the module docstring); the ``ew`` cells first."""
     from bench.config import Component
     from strategies.weighting import WEIGHTING
 
@@ -281,7 +294,8 @@ def speed_cells(spec: SweepSpec) -> list[speed.SpeedCell]:
         ew = Component(speed.REFERENCE, WEIGHTING.resolve(speed.REFERENCE, {}))
         spec = _replace(spec, weighting=(ew, *spec.weighting))
     spec = _replace(spec, sharing=spec.sharing[:1])
-    cells, _ = speed.build_cells(spec, engines=[spec.train.engine], device="cpu")
+    cells, _ = speed.build_cells(spec, engines=[spec.train.engine],
+                                 tasks=speed_tasks(spec, large_tasks), device="cpu")
     ew_first = sorted(cells, key=lambda c: c.strategy.name != speed.REFERENCE)
     return ew_first
 
@@ -295,18 +309,22 @@ def _replace(spec: SweepSpec, **changes: Any) -> SweepSpec:
 def measure_ratios(
     cells: Sequence[speed.SpeedCell], *, repeats: int, warmup: int, steps: int
 ) -> dict[str, dict[str, Any]]:
-    """Per non-reference cell (by label): the per-round ratio samples to ``ew``."""
+    """Per non-reference cell (by label): the per-round ratio samples to the ``ew`` cell
+    of the same configuration (``SpeedCell.reference_key``: the same T)."""
     with speed.torch_threads(THREADS):
         measurements = speed.measure(cells, repeats=repeats, warmup=warmup,
                                      steps_per_repeat=steps, block_reduce=BLOCK_REDUCE,
                                      cpu_clock=CPU_CLOCK)
-    ref = next(m for c, m in zip(cells, measurements, strict=True)
-               if c.strategy.name == speed.REFERENCE)
-    ref_steps = ref.step_samples
+    refs = {c.reference_key: m.step_samples for c, m in zip(cells, measurements, strict=True)
+            if c.strategy.name == speed.REFERENCE}
     out: dict[str, dict[str, Any]] = {}
     for cell, m in zip(cells, measurements, strict=True):
         if cell.strategy.name == speed.REFERENCE:
             continue
+        ref_steps = refs.get(cell.reference_key)
+        if ref_steps is None:
+            raise ValueError(f"speed cell {cell.label} has no {speed.REFERENCE} cell to "
+                             "compare with")
         ratios = [s / r for s, r in zip(m.step_samples, ref_steps, strict=True)]
         out[cell.label] = {
             "cell": cell.to_dict(),
@@ -390,6 +408,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=d["steps"],
                         help=f"speed: steps per cell and round, a sample is the fastest "
                         f"(default {d['steps']})")
+    parser.add_argument("--large-tasks", type=int, default=d["large_tasks"], metavar="T",
+                        help=f"speed: also time every cell at T tasks, so a cost growing "
+                        f"faster than T shows (0: off; default {d['large_tasks']})")
     parser.add_argument("--min-effect", type=float, default=d["min_effect"],
                         help=f"speed: smallest slowdown that fails (default {d['min_effect']})")
     parser.add_argument("--alpha", type=float, default=d["alpha"],
@@ -409,6 +430,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise ConfigError("--warmup: must be at least 0")
     if args.steps < 1:
         raise ConfigError("--steps: must be at least 1")
+    if args.large_tasks < 0:
+        raise ConfigError("--large-tasks: must be >= 0")
     if not args.min_effect >= 0:
         raise ConfigError("--min-effect: must be >= 0")
     if not 0 < args.alpha < 1:
@@ -471,7 +494,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"warning: fault injection active: {injected}", file=sys.stderr)
 
     accuracy = run_accuracy(spec)
-    cells = [] if args.no_speed else speed_cells(spec)
+    cells = [] if args.no_speed else speed_cells(spec, args.large_tasks)
     ratios = measure_ratios(cells, repeats=args.repeats, warmup=args.warmup,
                             steps=args.steps) if cells else {}
 
@@ -486,6 +509,7 @@ def main(args: argparse.Namespace) -> int:
             "accuracy": {"rtol": args.rtol, "atol": args.atol, "trials": accuracy},
             "speed": {"reference": speed.REFERENCE, "repeats": args.repeats,
                       "warmup": args.warmup, "steps_per_repeat": args.steps,
+                      "tasks": sorted({c.num_tasks for c in cells}),
                       "block_reduce": BLOCK_REDUCE, "cells": ratios},
         }
         atomic_write_json(folder / BASELINE_FILE, document)
@@ -529,7 +553,9 @@ def main(args: argparse.Namespace) -> int:
 
     confirm: dict[str, SpeedVerdict] = {}
     if flagged:
-        rerun_cells = [c for c in cells if c.strategy.name == speed.REFERENCE or c.label in flagged]
+        keys = {c.reference_key for c in cells if c.label in flagged}
+        rerun_cells = [c for c in cells if c.label in flagged or (
+            c.strategy.name == speed.REFERENCE and c.reference_key in keys)]
         print(f"speed: {', '.join(flagged)} flagged; confirming with a rerun", file=sys.stderr)
         rerun = measure_ratios(rerun_cells, repeats=args.repeats, warmup=args.warmup,
                                steps=args.steps)

@@ -93,10 +93,49 @@ def test_injection_parsing():
         check.injected_accuracy({check.INJECT_ACCURACY_ENV: "mgda"})
 
 
-def test_speed_cells_always_include_ew_once():
+def test_speed_cells_always_include_ew_once_per_task_count():
     spec = load_spec(preset="check", overrides=['weighting=["mgda", "pcgrad"]'])
-    cells = check.speed_cells(spec)
+    cells = check.speed_cells(spec, large_tasks=0)
     assert [c.strategy.name for c in cells] == ["ew", "mgda", "pcgrad"]
+    cells = check.speed_cells(spec, large_tasks=20)
+    assert [(c.strategy.name, c.num_tasks) for c in cells] == [
+        ("ew", 3), ("ew", 20), ("mgda", 3), ("mgda", 20), ("pcgrad", 3), ("pcgrad", 20)]
+    assert len({c.label for c in cells}) == len(cells)  # the baseline's keys stay distinct
+
+
+def test_check_preset_times_a_large_task_count():
+    """An O(T^2) step shows at T >= 16: the gate's default speed cells include such a T for
+    every strategy of the check sweep, gradient-based ones included."""
+    spec = load_spec(preset="check")
+    cells = check.speed_cells(spec)
+    large = {c.strategy.name for c in cells if c.num_tasks >= 16}
+    assert large == {c.name for c in spec.weighting} | {"ew"}
+    assert {"mgda", "pcgrad"} <= large
+    assert check.speed_tasks(spec) == [3, check.DEFAULTS["large_tasks"]]
+    assert check.speed_tasks(spec, 2) == [3]  # not above the sweep's own T: nothing added
+
+
+def test_ratios_pair_each_cell_with_ew_of_the_same_task_count(monkeypatch):
+    from bench import speed
+    from bench.timing import StepTiming
+
+    spec = load_spec(preset="check", overrides=['weighting=["mgda"]'])
+    cells = check.speed_cells(spec, large_tasks=16)
+    step = {("ew", 3): [1.0, 2.0], ("ew", 16): [4.0, 8.0], ("mgda", 3): [3.0, 6.0],
+            ("mgda", 16): [20.0, 40.0]}
+
+    def fake(cells, **kwargs):
+        return [speed.Measurement([StepTiming({}, v) for v in step[(c.strategy.name,
+                                                                     c.num_tasks)]])
+                for c in cells]
+
+    monkeypatch.setattr(speed, "measure", fake)
+    out = check.measure_ratios(cells, repeats=2, warmup=0, steps=1)
+    by_t = {v["cell"]["num_tasks"]: v["ratio_samples"] for v in out.values()}
+    assert by_t == {3: [3.0, 3.0], 16: [5.0, 5.0]}
+    with pytest.raises(ValueError, match="no ew cell"):
+        check.measure_ratios([c for c in cells if c.label != cells[1].label], repeats=2,
+                             warmup=0, steps=1)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -106,6 +145,8 @@ def test_check_passes_against_the_baseline_it_wrote(baseline, capsys, tmp_path):
     data = json.loads((baseline / "baseline.json").read_text())
     assert data["format"] == "mtlbench-check-baseline" and data["accuracy"]["trials"]
     assert {c.split("/")[0] for c in data["speed"]["cells"]} == {"mgda"}
+    assert data["speed"]["tasks"] == [2, 32]  # the sweep's T and --large-tasks
+    assert {c["cell"]["num_tasks"] for c in data["speed"]["cells"].values()} == {2, 32}
     verdict = tmp_path / "verdict.json"
     assert cli.main(["check", "--baseline", str(baseline), *TINY, "--json", str(verdict)]) == 0
     out = capsys.readouterr().out
@@ -167,6 +208,18 @@ def test_missing_or_corrupt_baseline_is_one_line_exit_2(plugged, tmp_path, capsy
 def test_bad_options_are_usage_errors(plugged, capsys):
     assert cli.main(["check", "--alpha", "2"]) == 2
     assert "--alpha" in capsys.readouterr().err
+    assert cli.main(["check", "--large-tasks", "-1"]) == 2
+    assert "--large-tasks" in capsys.readouterr().err
+
+
+def test_cells_missing_from_an_older_baseline_are_noted_not_failed(baseline, capsys):
+    """A baseline without the large-T cells (made before they existed, or with
+    --large-tasks 0) still passes, naming the cells it lacks."""
+    argv = ["check", "--baseline", str(baseline), *TINY, "--large-tasks", "40"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "mgda/loop/hps/T40/B32/W8 is not in the baseline (run --update)" in out
+    assert "mgda/loop/hps/T32/B32/W8 of the baseline was not measured" in out
 
 
 def test_committed_baseline_is_readable():
