@@ -11,7 +11,9 @@ interleaved round-robin (so a change in machine load hits them alike):
 - with ``--extended``, also faults the gate must NOT flag: a 5% slowdown (below the 15%
   minimum effect) and a 1e-7 accuracy change (below the 1e-6 tolerance).
 
-Speed false alarms are also counted on every run for the strategies no fault touches.
+Speed false alarms are also counted on every run for the strategies no fault touches,
+and every count is also given per speed cell (each strategy is timed at the sweep's T
+and at ``--large-tasks``, see ``bench/check.py``).
 
     .venv/bin/python scripts/measure_gate.py --runs 20 --out results/gate/measure.json
 
@@ -131,12 +133,22 @@ def summarize(runs: list[dict[str, Any]], conds: list, slow: str) -> dict[str, A
                        if _strategy(k) == slow]
             entry["detected_named"] = sum(
                 any(_strategy(k) == slow for k in r["result"]["speed_regressed"]) for r in mine)
-            entry["median_measured_change"] = (
-                sorted(changes)[len(changes) // 2] if changes else None
-            )
+            entry["median_measured_change"] = _median(changes)
+            cells = sorted({k for r in mine for k in r["result"]["speed_first"]
+                            if _strategy(k) == slow})
+            entry["by_cell"] = {
+                label: {
+                    "detected": sum(label in r["result"]["speed_regressed"] for r in mine),
+                    "median_measured_change": _median(
+                        [r["result"]["speed_first"][label]["change"] for r in mine
+                         if label in r["result"]["speed_first"]]),
+                }
+                for label in cells
+            }
         out[name] = entry
     # Speed false alarms: strategies without an injected slowdown, over every run.
     cells = flagged = regressed = 0
+    per_cell: dict[str, dict[str, int]] = {}
     for r in runs:
         for label in r["result"]["speed_first"]:
             if r["kind"] == "speed" and _strategy(label) == slow:
@@ -146,10 +158,20 @@ def summarize(runs: list[dict[str, Any]], conds: list, slow: str) -> dict[str, A
             cells += 1
             flagged += label in r["result"]["speed_flagged"]
             regressed += label in r["result"]["speed_regressed"]
+            c = per_cell.setdefault(label, {"runs": 0, "flagged_first_run": 0,
+                                            "failed_after_rerun": 0})
+            c["runs"] += 1
+            c["flagged_first_run"] += label in r["result"]["speed_flagged"]
+            c["failed_after_rerun"] += label in r["result"]["speed_regressed"]
     out["speed_cells_without_fault"] = {
         "cells": cells, "flagged_first_run": flagged, "failed_after_rerun": regressed,
+        "by_cell": per_cell,
     }
     return out
+
+
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
 
 
 if __name__ == "__main__":
