@@ -80,4 +80,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     out.mkdir(parents=True, exist_ok=True)
     (out / "ratios.md").write_text(text, "utf-8")
     (out / "ratios.json").write_text(json.dumps(data, indent=1), "utf-8")
-    terminalreporter.write_line(f"-> {out / 'ratios.md'}, {out / 'ratios.json'}")
+    engine = H.engine_list(os.environ.get("MTLBENCH_PERF_ENGINES", "default,autogram"))[0]
+    (out / "readme.md").write_text(H.readme_table(H.RESULTS, engine) + "\n", "utf-8")
+    terminalreporter.write_line(f"-> {out / 'ratios.md'}, {out / 'ratios.json'}, "
+                                f"{out / 'readme.md'} (the README's table)")

@@ -518,6 +518,43 @@ def table(results: Sequence[GroupResult]) -> str:
     return "\n".join(lines).lstrip("\n")
 
 
+def readme_table(results: Sequence[GroupResult], engine: str) -> str:
+    """Markdown for the README: per strategy, ours (``engine``) / torchjd's faster step and
+    ours / floor at each T (gradient-based strategies that torchjd has), then loss-based
+    strategies / ew (FAMO without its post-step forward); median [95% interval]."""
+    tasks = sorted({r.num_tasks for r in results})
+    by = {(r.strategy, r.num_tasks): r for r in results}
+    name = f"ours[{engine}]/"
+    grad = sorted({r.strategy for r in results if r.gradient
+                   and any(k.startswith(name + "torchjd") for k in r.ratios)})
+    ts = " | ".join(f"T={T}" for T in tasks)
+    lines = [f"| strategy ({engine} engine) | / torchjd {ts} | / floor {ts} |",
+             "|---|" + "---|" * (2 * len(tasks))]
+
+    def cell(strategy: str, T: int, key: str) -> str:
+        r = by.get((strategy, T))
+        ratio = r.ratios.get(key) if r is not None else None
+        return ratio.text() if ratio is not None else "-"
+
+    for s in grad:
+        lines.append(f"| {s} | " + " | ".join(cell(s, T, name + "torchjd") for T in tasks)
+                     + " | " + " | ".join(cell(s, T, name + "floor") for T in tasks) + " |")
+    loss = sorted({r.strategy for r in results if not r.gradient})
+    if loss:
+        lines += ["", f"| loss-based | / ew {ts} |", "|---|" + "---|" * len(tasks)]
+        for s in loss:
+            def key(T: int, s: str = s) -> str:
+                r = by.get((s, T))
+                post = "ours-post_step/" + REFERENCE
+                return post if r is not None and post in r.ratios else "ours/" + REFERENCE
+            label = f"{s} (without post_step)" if any(
+                "ours-post_step/" + REFERENCE in by[(s, T)].ratios for T in tasks
+                if (s, T) in by) else s
+            lines.append(f"| {label} | " + " | ".join(cell(s, T, key(T)) for T in tasks)
+                         + " |")
+    return "\n".join(lines)
+
+
 def phase_table(results: Sequence[GroupResult]) -> str:
     """Markdown: median ms per phase of every runner of the gradient-based groups."""
     lines = ["| T | strategy | runner | forward | jacobian | aggregate | backward | optimizer |"
