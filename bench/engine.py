@@ -730,7 +730,10 @@ def apply_gradients(
         # Task parameters only feed their own task's loss, so the gradient of the sum
         # gives each its own task's gradient; strategy parameters get theirs likewise.
         per_task = torch.stack(transformed).mean(0)
-        if head_gradients(ctx) == "weighted" and ctx.task_specific:
+        # Without shared parameters no strategy weights exist: the method's default
+        # falls back to each task's own gradient (an explicit "weighted" still raises).
+        weighted = head_gradients(ctx) == "weighted" and (ctx.shared or ctx.heads == "weighted")
+        if weighted and ctx.task_specific:
             heads = [p for p in ctx.task_specific if p.requires_grad]
             _set_grads(heads, (per_task * _task_weights(strategy)).sum(), retain=True)
             own = [p for p in strategy.parameters() if p.requires_grad]
