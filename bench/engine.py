@@ -369,7 +369,7 @@ def _feature_seeds(losses: TaskLosses) -> tuple[list[torch.Tensor], list[torch.T
     num_tasks = len(losses.features)
     unique: dict[int, int] = {}
     outputs: list[torch.Tensor] = []
-    seeds: list[torch.Tensor] = []
+    rows: list[list[tuple[int, torch.Tensor]]] = []
     for t, (handle, scale, feature) in enumerate(
         zip(losses.handles, losses.scales, losses.features, strict=True)
     ):
@@ -377,8 +377,17 @@ def _feature_seeds(losses: TaskLosses) -> tuple[list[torch.Tensor], list[torch.T
         k = unique.setdefault(id(feature), len(outputs))
         if k == len(outputs):
             outputs.append(feature)
-            seeds.append(feature.new_zeros(num_tasks, *feature.shape))
-        seeds[k][t] = g
+            rows.append([])
+        rows[k].append((t, g))
+    seeds = []
+    for feature, grads in zip(outputs, rows, strict=True):
+        if len(grads) == num_tasks:  # one feature read by every task (hps): no zero rows
+            seeds.append(torch.stack([g for _, g in grads]))
+            continue
+        seed = feature.new_zeros(num_tasks, *feature.shape)
+        for t, g in grads:
+            seed[t] = g
+        seeds.append(seed)
     return outputs, seeds
 
 
@@ -564,6 +573,8 @@ def _layer_gramian(x: torch.Tensor, dy: torch.Tensor, weight: bool, bias: bool) 
     width = x.shape[1]
     direct = num_tasks * n * out * width + num_tasks * num_tasks * out * width
     kernel = n * n * width + num_tasks * n * n * out + num_tasks * num_tasks * n * out
+    if not (weight or bias):
+        return dy.new_zeros(num_tasks, num_tasks)
     if weight and kernel < direct and n * n <= num_tasks * out * width:
         k = x @ x.T
         if bias:
@@ -571,14 +582,15 @@ def _layer_gramian(x: torch.Tensor, dy: torch.Tensor, weight: bool, bias: bool) 
         z = torch.matmul(k, dy)  # (T, N, out)
         g = dy.reshape(num_tasks, -1) @ z.reshape(num_tasks, -1).T
         return (g + g.T) / 2
-    g = dy.new_zeros(num_tasks, num_tasks)
     if weight:
-        per_task = torch.matmul(dy.transpose(1, 2), x).reshape(num_tasks, -1)  # (T, out in)
-        g = g + per_task @ per_task.T
-    if bias:
-        s = dy.sum(1)
-        g = g + s @ s.T
-    return g
+        if bias:  # a column of ones in X makes the bias gradient a row of the product
+            x = torch.cat([x, x.new_ones(n, 1)], 1)
+            width += 1
+        # (T, in, out): the transposed weight gradients (a batched GEMM of one strided X^T).
+        per_task = torch.bmm(x.T.expand(num_tasks, width, n), dy).reshape(num_tasks, -1)
+        return per_task @ per_task.T
+    s = dy.sum(1)
+    return s @ s.T
 
 
 class AutogramEngine(GramianEngine):

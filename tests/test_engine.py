@@ -17,6 +17,9 @@ TASKS = (Task("a", "regression"), Task("b", "multiclass", 3), Task("c", "binary"
 def _setup(device, seed=0, strategy="ew", engine="loop"):
     torch.manual_seed(seed)
     model = sharing.get("hps", (5,), TASKS).to(device)
+    shared = model.shared_parameters()
+    eng = ENGINES[engine]()
+    eng.prepare(model, shared)  # before the forward (train_step does it)
     x = torch.randn(16, 5, device=device)
     y = {
         "a": torch.randn(16, device=device),
@@ -27,9 +30,8 @@ def _setup(device, seed=0, strategy="ew", engine="loop"):
     losses = torch.stack([t.loss(out[t.name], y[t.name]) for t in TASKS])
     strat = weighting.get(strategy) if isinstance(strategy, str) else strategy
     strat.reset(3, torch.device(device), seed=0)
-    shared = model.shared_parameters()
     ids = {id(p) for p in shared}
-    ctx = StepContext(model, strat, ENGINES[engine](), torch.optim.SGD(model.parameters(), lr=0.1),
+    ctx = StepContext(model, strat, eng, torch.optim.SGD(model.parameters(), lr=0.1),
                       shared, [p for p in model.parameters() if id(p) not in ids])
     return model, losses, ctx
 
@@ -53,7 +55,7 @@ class _SumOfRows(GramianWeighting):
         return torch.ones(len(gramian), dtype=gramian.dtype, device=gramian.device)
 
 
-@pytest.mark.parametrize("engine", ["loop", "vmap", "gramian"])
+@pytest.mark.parametrize("engine", ["loop", "vmap", "gramian", "autogram"])
 def test_gradient_path_with_sum_equals_loss_path_with_ew(engine):
     model, losses, ctx = _setup("cpu", strategy=_SumOfRows(), engine=engine)
     apply_gradients([losses], ctx)
@@ -88,6 +90,8 @@ def test_engines_refuse_strategies_they_cannot_serve():
 
     with pytest.raises(ValueError, match="engine 'gramian' needs"):
         ENGINES["gramian"]().check(NotGramian, SHARING.get("hps"))
+    with pytest.raises(ValueError, match="engine 'autogram' needs"):
+        ENGINES["autogram"]().check(NotGramian, SHARING.get("hps"))
     with pytest.raises(ValueError, match="engine 'rep' is not defined"):
         ENGINES["rep"]().check(NotGramian, SHARING.get("hps"))
     NotGramian.supports_rep = True
@@ -176,7 +180,7 @@ class _HeadCounter:
 
 
 @pytest.mark.parametrize(("engine", "strategy"), [
-    ("loop", "upgrad"), ("vmap", "upgrad"), ("gramian", "upgrad"),
+    ("loop", "upgrad"), ("vmap", "upgrad"), ("gramian", "upgrad"), ("autogram", "upgrad"),
     ("loop", "db_mtl"), ("vmap", "db_mtl"),  # db_mtl: a loss transform (log-losses)
 ])
 def test_each_task_backward_traverses_only_its_own_head(engine, strategy):
@@ -206,7 +210,7 @@ def test_each_task_backward_traverses_only_its_own_head(engine, strategy):
 
 
 def test_weighted_heads_get_the_strategy_weights():
-    model, losses, ctx = _setup("cpu", strategy="mgda")
+    _, losses, ctx = _setup("cpu", strategy="mgda")
     apply_gradients([losses], ctx)
     own = [p.grad.clone() for p in ctx.task_specific]
     weights = ctx.strategy.last_weights
@@ -232,3 +236,203 @@ def test_head_gradients_follow_the_method_unless_the_sweep_overrides():
     ctx.heads = "weighted"
     with pytest.raises(ValueError, match="needs task weights"):
         apply_gradients([_setup("cpu")[1]], ctx)
+
+
+# ------------------------------------------------------------ autogram engine (issue 13)
+
+from torch import nn  # noqa: E402
+
+from bench.engine import _LAYER_TAPS, NullTimer  # noqa: E402
+
+
+class _InverseNorms(GramianWeighting):
+    """Test double: weights 1 / ||g_t|| (they depend on the Gramian, so a wrong Gramian
+    gives a wrong direction)."""
+
+    def weights(self, gramian, losses=None):
+        return gramian.diagonal().clamp_min(1e-12).rsqrt()
+
+
+def _every_architecture():
+    for name in sharing.names():
+        if name == "landscape":
+            continue
+        if name != "mtan":
+            yield name, (5,), MLP
+        yield name, (1, 6, 8), CNN
+
+
+AUTOGRAM_CASES = list(_every_architecture())
+
+
+def _autogram_case(arch, shape, spec, engine, transform, features, seed=0):
+    """Shared gradients and Gramian of one step of ``engine`` on ``arch``."""
+    torch.manual_seed(seed)
+    model = sharing.get(arch, shape, TASKS, spec)
+    shared = model.shared_parameters()
+    eng = ENGINES[engine]()
+    eng.prepare(model, shared)
+    tap = TaskFeatures(model, shared)
+    x = torch.randn(12, *shape)
+    y = {"a": torch.randn(12), "b": torch.randint(0, 3, (12,)),
+         "c": torch.randint(0, 2, (12,)).float()}
+    out = model(x)
+    raw = torch.stack([t.loss(out[t.name], y[t.name]) for t in TASKS])
+    if transform == "log":
+        transformed, elementwise = torch.log(raw + 1e-8), True
+    elif transform == "mixing":  # a transform that mixes tasks: rows of J are combined
+        transformed, elementwise = raw + 0.3 * raw.flip(0), False
+    else:
+        transformed, elementwise = raw, True
+    feats = tap.of(out) if features else None
+    losses = TaskLosses(raw, transformed, feats, elementwise=elementwise)
+    strategy = _InverseNorms()
+    strategy.reset(3, torch.device("cpu"), seed=0)
+    ctx = StepContext(model, strategy, eng, torch.optim.SGD(model.parameters(), lr=0.1),
+                      shared, [])
+    eng.shared_gradients([losses], strategy, ctx, NullTimer())
+    jac = torch.cat([g.reshape(3, -1) for g in
+                     ENGINES["loop"]().task_gradients(TaskLosses(raw, transformed,
+                                                                 elementwise=elementwise),
+                                                      shared)], 1)
+    return [p.grad for p in shared], strategy.last_weights, jac
+
+
+@pytest.mark.parametrize(("arch", "shape", "spec"), AUTOGRAM_CASES,
+                         ids=[f"{a}-{s.kind}" for a, _, s in AUTOGRAM_CASES])
+@pytest.mark.parametrize("transform", ["plain", "log", "mixing"])
+def test_autogram_step_equals_the_gramian_engines(arch, shape, spec, transform):
+    torch.manual_seed(0)
+    model = sharing.get(arch, shape, TASKS, spec)
+    shared = model.shared_parameters()
+    if not shared:
+        assert arch in {"soft", "stl"}
+        return
+    for features in (True, False):
+        got, weights, jac = _autogram_case(arch, shape, spec, "autogram", transform, features)
+        want, want_weights, _ = _autogram_case(arch, shape, spec, "gramian", transform, features)
+        # The weights are 1/||g_t||: they equal the gramian engine's iff diag(G) does; the
+        # full Gramian is checked below.
+        torch.testing.assert_close(weights, want_weights, rtol=1e-5, atol=1e-7)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+        # And the direction is w^T J of the loop engine's J.
+        direction = torch.cat([g.reshape(-1) for g in got])
+        torch.testing.assert_close(direction, weights @ jac, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("arch", "shape", "spec"), AUTOGRAM_CASES,
+                         ids=[f"{a}-{s.kind}" for a, _, s in AUTOGRAM_CASES])
+def test_autogram_gramian_equals_the_loop_jacobians(arch, shape, spec):
+    torch.manual_seed(0)
+    model = sharing.get(arch, shape, TASKS, spec)
+    shared = model.shared_parameters()
+    if not shared:
+        return
+    engine = ENGINES["autogram"]()
+    engine.prepare(model, shared)
+    tap = TaskFeatures(model, shared)
+    x = torch.randn(12, *shape)
+    y = {"a": torch.randn(12), "b": torch.randint(0, 3, (12,)),
+         "c": torch.randint(0, 2, (12,)).float()}
+    for features in (True, False):
+        out = model(x)  # the record is dropped after each use: one forward each
+        raw = torch.stack([t.loss(out[t.name], y[t.name]) for t in TASKS])
+        feats = tap.of(out) if features else None
+        assert (feats is not None) == features
+        jac = ENGINES["loop"]().jacobian(raw, shared)
+        gramian, _, _ = engine.gramian(TaskLosses(raw, raw, feats), model, shared)
+        torch.testing.assert_close(gramian, jac @ jac.T, rtol=1e-5, atol=1e-7)
+
+
+class _Odd(nn.Module):
+    """Layers the tap must get right or leave to the explicit fallback: a strided, dilated
+    convolution, a Linear on 3-D input called twice (cross terms between calls), a tied
+    weight (two modules), a grouped convolution, a LayerNorm; no towers (no features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, kernel_size=3, stride=2, dilation=2, padding=2)
+        self.grouped = nn.Conv2d(3, 3, kernel_size=1, groups=3)
+        self.proj = nn.Linear(9, 5)
+        self.a = nn.Linear(5, 5)
+        self.b = nn.Linear(5, 5, bias=False)
+        self.b.weight = self.a.weight
+        self.norm = nn.LayerNorm(5)
+        self.heads = nn.ModuleList([nn.Linear(5 * 3, 1) for _ in range(3)])
+
+    def forward(self, x):
+        h = torch.relu(self.grouped(torch.relu(self.conv(x))))  # (B, 3, 3, 3)
+        h = h.flatten(2)  # (B, 3, 9): Linear on a 3-D input
+        h = torch.tanh(self.proj(h)) + torch.sigmoid(self.proj(h * 0.5))
+        h = self.norm(torch.tanh(self.a(h)) + self.b(h))
+        return {t.name: head(h.flatten(1)).squeeze(-1) for t, head in zip(TASKS, self.heads, strict=True)}
+
+
+def test_autogram_on_strided_convolutions_repeated_calls_tied_weights_and_norms():
+    torch.manual_seed(0)
+    model = _Odd()
+    heads = {id(p) for p in model.heads.parameters()}
+    shared = [p for p in model.parameters() if id(p) not in heads]
+    engine = ENGINES["autogram"]()
+    engine.prepare(model, shared)
+    recorded = set(_LAYER_TAPS[model].calls)
+    assert recorded == {model.conv, model.proj}  # tied, grouped: explicit fallback
+    x = torch.randn(7, 2, 6, 6)
+    out = model(x)
+    y = torch.randn(7)
+    raw = torch.stack([torch.nn.functional.mse_loss(out[t.name] * (i + 1), y)
+                       for i, t in enumerate(TASKS)])
+    assert len(_LAYER_TAPS[model].calls[model.proj]) == 2
+    jac = ENGINES["loop"]().jacobian(raw, shared)
+    gramian, _, _ = engine.gramian(TaskLosses(raw, raw), model, shared)
+    torch.testing.assert_close(gramian, jac @ jac.T, rtol=1e-5, atol=1e-6)
+
+
+def test_autogram_needs_the_forward_recorded():
+    model = sharing.get("hps", (5,), TASKS, MLP)
+    shared = model.shared_parameters()
+    x = torch.randn(4, 5)
+    y = {"a": torch.randn(4), "b": torch.randint(0, 3, (4,)), "c": torch.ones(4)}
+
+    def losses_of(out):
+        return torch.stack([t.loss(out[t.name], y[t.name]) for t in TASKS])
+
+    engine = ENGINES["autogram"]()
+    with pytest.raises(RuntimeError, match=r"call engine\.prepare"):
+        engine.gramian(TaskLosses(*[losses_of(model(x))] * 2), model, shared)
+    engine.prepare(model, shared)
+    stale = losses_of(model(x))
+    model(x)  # a later forward replaces the record
+    with pytest.raises(RuntimeError, match="earlier forward"):
+        engine.gramian(TaskLosses(stale, stale), model, shared)
+
+
+@pytest.mark.parametrize("name", [n for n in weighting.names()
+                                  if issubclass(WEIGHTING.get(n), GramianWeighting)
+                                  and WEIGHTING.get(n).batches_per_step == 1])
+def test_every_gramian_strategy_trains_with_the_autogram_engine(name):
+    tasks = tuple(Task(f"t{i}", "regression") for i in range(4))
+    torch.manual_seed(0)
+    model = sharing.get("hps", (6,), tasks, MLP)
+    strat = weighting.get(name)
+    strat.reset(len(tasks), torch.device("cpu"), seed=0)
+    engine = ENGINES["autogram"]()
+    engine.check(type(strat), type(model))
+    shared = model.shared_parameters()
+    ids = {id(p) for p in shared}
+    ctx = StepContext(model, strat, engine,
+                      torch.optim.Adam([*model.parameters(), *strat.parameters()], lr=0.01),
+                      shared, [p for p in model.parameters() if id(p) not in ids])
+    x = torch.randn(32, 6)
+    y = {t.name: torch.randn(32) for t in tasks}
+
+    def losses_of(out, y):
+        return torch.stack([t.loss(out[t.name], y[t.name]) for t in tasks])
+
+    for _ in range(3):
+        losses = train_step(ctx, [(x, y)], losses_of)
+        assert torch.isfinite(losses).all()
+        for p in model.parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert strat.last_weights is not None
