@@ -760,3 +760,19 @@ def test_per_step_paths_do_not_synchronize_with_the_host():
             run()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("name", ["graddrop", "excess_mtl"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("leak", [0.0, 1.0])
+def test_non_finite_jacobian_still_raises_from_the_reduced_check(name, bad, leak):
+    # Both check a reduction of J (GradDrop its direction, ExcessMTL its (T,) risks)
+    # instead of scanning the whole (T, P) matrix; every bad entry must still surface,
+    # including one that GradDrop's mask multiplies by zero.
+    strategy = get(name, leak=leak) if name == "graddrop" else get(name)
+    strategy.reset(3, torch.device("cpu"), seed=0)
+    for column in range(6):
+        jac = torch.randn(3, 6, generator=torch.Generator().manual_seed(column))
+        jac[1, column] = bad
+        with pytest.raises(FloatingPointError, match="NaN or Inf"):
+            strategy.aggregate(jac, torch.ones(3))

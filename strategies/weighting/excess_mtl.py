@@ -90,15 +90,17 @@ class ExcessMTL(GradientWeighting):
                 f"excess_mtl: Jacobian shape changed from {tuple(total.shape)} to "
                 f"{tuple(squared.shape)}; call reset() between problems"
             )
-        total = total.to(work) + squared
+        total = total.to(work).add_(squared)  # S is this strategy's own buffer
         self.squared_sum = total
-        return (squared / (total + HESSIAN_EPS).sqrt()).sum(dim=1)
+        return squared.mul_((total + HESSIAN_EPS).rsqrt_()).sum(dim=1)
 
     def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
-        if jacobian.device.type == "cpu":  # elsewhere a host sync; see pcgrad's notes
-            check_finite(jacobian)
         num = jacobian.shape[0]
         excess = self.excess_risks(jacobian)
+        if excess.device.type == "cpu":  # elsewhere a host sync; see pcgrad's notes
+            # A NaN or Inf anywhere in J reaches its row's E_i (inf / inf is NaN), so the
+            # (T,) risks are checked instead of the whole (T, P) matrix.
+            check_finite(excess)
         work = excess.dtype
         initial, log_weights = self.initial, self.log_weights
         if initial is None or initial.shape != (num,):

@@ -85,9 +85,12 @@ class GradDrop(GradientWeighting):
         return (positive & (rows > 0)) | (~positive & (rows < 0))
 
     def aggregate(self, jacobian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:
-        if jacobian.device.type == "cpu":  # elsewhere a host sync; see pcgrad's notes
-            check_finite(jacobian)
         work = torch.promote_types(jacobian.dtype, torch.float32)
         keep = self.mask(jacobian).to(work)
         scale = self.leak + (1.0 - self.leak) * keep
-        return (scale * jacobian.to(work)).sum(dim=0).to(jacobian.dtype)
+        direction = (scale * jacobian.to(work)).sum(dim=0)
+        if direction.device.type == "cpu":  # elsewhere a host sync; see pcgrad's notes
+            # A NaN or Inf in J reaches its column's sum (scaled by 0 it is NaN), so the
+            # (P,) direction is checked instead of the (T, P) matrix.
+            check_finite(direction)
+        return direction.to(jacobian.dtype)
