@@ -594,7 +594,7 @@ def _layer_gramian(x: torch.Tensor, dy: torch.Tensor, weight: bool, bias: bool) 
 
 
 class AutogramEngine(GramianEngine):
-    """The Gramian J J^T without J, then one backward of ``sum_t w_t L_t``: Algorithm 3 of
+    """The Gramian J J^T without J, then the update ``sum_t w_t grad L_t``: Algorithm 3 of
     Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024
     (https://arxiv.org/abs/2406.16232).
 
@@ -606,11 +606,17 @@ class AutogramEngine(GramianEngine):
     layer at a time (:func:`_layer_gramian`): no (T, P) matrix and no per-task copy of
     all the parameters is ever held. Shared parameters outside such layers (cross-stitch
     units, ...) get explicit per-task gradients in the same backward. The strategy's
-    weights ``w`` of that Gramian then seed one ordinary backward, whose result
-    ``sum_t w_t grad L_t`` is the shared parameters' gradient. The published
-    implementation is torchjd's ``torchjd.autogram.Engine``."""
+    weights ``w`` of that Gramian give the shared parameters' gradient ``sum_t w_t grad
+    L_t``: with ``update="backward"`` by one backward of ``sum_t w_t L_t`` as in the
+    paper; by default (``"layers"``) from the same factors, which is what that backward
+    computes for each recorded layer (``(sum_t w_t dY_t)^T X``) without traversing the
+    graph again (:meth:`_Factors.combine`). The published implementation is torchjd's
+    ``torchjd.autogram.Engine``."""
 
     name = "autogram"
+
+    def __init__(self, update: Literal["layers", "backward"] = "layers") -> None:
+        self.update = update
 
     def prepare(self, model: nn.Module, shared: Sequence[torch.Tensor]) -> None:
         if model not in _LAYER_TAPS:
@@ -618,9 +624,9 @@ class AutogramEngine(GramianEngine):
 
     def gramian(
         self, losses: TaskLosses, model: nn.Module, shared: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, list[LossHandle | torch.Tensor], list[torch.Tensor]]:
-        """The (T, T) Gramian of the transformed losses' Jacobian w.r.t. ``shared``, and the
-        outputs and (T, ...) batched seeds of its backward (for the update)."""
+    ) -> tuple[torch.Tensor, _Factors]:
+        """The (T, T) Gramian of the transformed losses' Jacobian w.r.t. ``shared``, and
+        the per-layer factors it was made of (for the update)."""
         tap = _LAYER_TAPS.get(model)
         if tap is None:
             raise RuntimeError(
@@ -641,13 +647,13 @@ class AutogramEngine(GramianEngine):
             outputs, [call.output for _, call in calls] + others, grad_outputs=seeds,
             retain_graph=True, allow_unused=True, is_grads_batched=True,
         )
+        tap.clear()
         if calls and all(g is None for g in grads[: len(calls)]):
             raise RuntimeError(
                 "engine 'autogram': the recorded layers are not in these losses' graph "
                 "(the losses come from an earlier forward than the latest one)"
             )
-        wide = torch.promote_types(losses.raw.dtype, torch.float32)
-        gramian = torch.zeros(num_tasks, num_tasks, dtype=wide, device=losses.raw.device)
+        factors = _Factors(outputs, seeds, [], [])
         shared_ids = {id(p) for p in shared}
         by_layer: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for (layer, call), dy in zip(calls, grads, strict=False):
@@ -656,23 +662,26 @@ class AutogramEngine(GramianEngine):
                                    "in place after the layer used it")
             if dy is not None:
                 by_layer.setdefault(layer, []).append(_rows(layer, call.input, dy))
+        wide = torch.promote_types(losses.raw.dtype, torch.float32)
+        gramian = torch.zeros(num_tasks, num_tasks, dtype=wide, device=losses.raw.device)
         for layer, rows in by_layer.items():
             x = torch.cat([r[0] for r in rows]) if len(rows) > 1 else rows[0][0]
             dy = torch.cat([r[1] for r in rows], 1) if len(rows) > 1 else rows[0][1]
+            weight = layer.weight if id(layer.weight) in shared_ids else None
             bias = getattr(layer, "bias", None)
-            gramian += _layer_gramian(
-                x.to(wide), dy.to(wide), weight=id(layer.weight) in shared_ids,
-                bias=bias is not None and id(bias) in shared_ids,
-            )
-        for g in grads[len(calls):]:
+            bias = bias if bias is not None and id(bias) in shared_ids else None
+            factors.layers.append((weight, bias, x, dy))
+            gramian += _layer_gramian(x.to(wide), dy.to(wide), weight=weight is not None,
+                                      bias=bias is not None)
+        for p, g in zip(others, grads[len(calls):], strict=True):
             if g is not None:
+                factors.explicit.append((p, g))
                 flat = g.reshape(num_tasks, -1).to(wide)
                 gramian += flat @ flat.T
-        tap.clear()
         if losses.mixing is not None:
             mixing = losses.mixing.to(wide)
             gramian = mixing @ gramian @ mixing.T
-        return gramian, outputs, seeds
+        return gramian, factors
 
     def shared_gradients(
         self,
@@ -683,7 +692,7 @@ class AutogramEngine(GramianEngine):
     ) -> None:
         assert isinstance(strategy, GramianWeighting)
         losses = as_task_losses(losses_per_batch)[0]
-        gramian, outputs, seeds = self.gramian(losses, ctx.model, ctx.shared)
+        gramian, factors = self.gramian(losses, ctx.model, ctx.shared)
         timer.mark("jacobian")
         weights = strategy.weights(gramian, losses.transformed.detach())
         strategy.last_weights = weights.detach()
@@ -692,11 +701,48 @@ class AutogramEngine(GramianEngine):
         v = weights.detach().to(gramian.dtype)
         if losses.mixing is not None:
             v = losses.mixing.to(v.dtype).T @ v
-        combined = [torch.tensordot(v.to(s.dtype), s, dims=1) for s in seeds]
-        grads = torch.autograd.grad(outputs, ctx.shared, grad_outputs=combined,
-                                    retain_graph=True, allow_unused=True)
-        for p, g in zip(ctx.shared, _zeros_if_none(grads, ctx.shared), strict=True):
+        if self.update == "backward":
+            grads = factors.backward(v, ctx.shared)
+        else:
+            grads = factors.combine(v, ctx.shared)
+        for p, g in zip(ctx.shared, grads, strict=True):
             p.grad = g
+
+
+@dataclass
+class _Factors:
+    """What the autogram Gramian was made of: the outputs and (T, ...) seeds of its
+    batched backward, per recorded layer (shared weight or None, shared bias or None,
+    ``X`` (N, in), ``dY`` (T, N, out)), and the explicit (T, *shape) per-task gradients
+    of the other shared parameters."""
+
+    outputs: list[LossHandle | torch.Tensor]
+    seeds: list[torch.Tensor]
+    layers: list[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]]
+    explicit: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def backward(self, v: torch.Tensor, shared: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``sum_t v_t grad L_t`` by one backward of ``sum_t v_t L_t`` (Algorithm 3)."""
+        combined = [torch.tensordot(v.to(s.dtype), s, dims=1) for s in self.seeds]
+        grads = torch.autograd.grad(self.outputs, shared, grad_outputs=combined,
+                                    retain_graph=True, allow_unused=True)
+        return _zeros_if_none(grads, shared)
+
+    def combine(self, v: torch.Tensor, shared: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``sum_t v_t grad L_t`` from the factors, without a backward: by linearity, the
+        backward of ``sum_t v_t L_t`` reaches a recorded layer's output with ``sum_t v_t
+        dY_t``, so its weight gradient is ``(sum_t v_t dY_t)^T X`` and its bias gradient
+        the column sums: one GEMM per layer, no input gradient to propagate."""
+        out: dict[int, torch.Tensor] = {}
+        for weight, bias, x, dy in self.layers:
+            d = torch.tensordot(v.to(dy.dtype), dy, dims=1)  # (N, out)
+            if weight is not None:
+                out[id(weight)] = (d.T @ x).view_as(weight).to(weight.dtype)
+            if bias is not None:
+                out[id(bias)] = d.sum(0).to(bias.dtype)
+        for p, g in self.explicit:
+            out[id(p)] = torch.tensordot(v.to(g.dtype), g, dims=1)
+        return [out[id(p)] if id(p) in out else torch.zeros_like(p) for p in shared]
 
 
 ENGINES: dict[str, type[GradientEngine]] = {

@@ -265,12 +265,12 @@ def _every_architecture():
 AUTOGRAM_CASES = list(_every_architecture())
 
 
-def _autogram_case(arch, shape, spec, engine, transform, features, seed=0):
-    """Shared gradients and Gramian of one step of ``engine`` on ``arch``."""
+def _autogram_case(arch, shape, spec, engine, transform, features, seed=0, **options):
+    """Shared gradients, task weights and the loop engine's J of one step of ``engine``."""
     torch.manual_seed(seed)
     model = sharing.get(arch, shape, TASKS, spec)
     shared = model.shared_parameters()
-    eng = ENGINES[engine]()
+    eng = ENGINES[engine](**options)
     eng.prepare(model, shared)
     tap = TaskFeatures(model, shared)
     x = torch.randn(12, *shape)
@@ -308,8 +308,12 @@ def test_autogram_step_equals_the_gramian_engines(arch, shape, spec, transform):
     if not shared:
         assert arch in {"soft", "stl"}
         return
-    for features in (True, False):
-        got, weights, jac = _autogram_case(arch, shape, spec, "autogram", transform, features)
+    # update="layers" (default): sum_t w_t grad L_t from the recorded factors;
+    # update="backward": one backward of sum_t w_t L_t. Both must be the same step.
+    for features, update in [(True, "layers"), (False, "layers"), (True, "backward"),
+                             (False, "backward")]:
+        got, weights, jac = _autogram_case(arch, shape, spec, "autogram", transform, features,
+                                           update=update)
         want, want_weights, _ = _autogram_case(arch, shape, spec, "gramian", transform, features)
         # The weights are 1/||g_t||: they equal the gramian engine's iff diag(G) does; the
         # full Gramian is checked below.
@@ -341,7 +345,7 @@ def test_autogram_gramian_equals_the_loop_jacobians(arch, shape, spec):
         feats = tap.of(out) if features else None
         assert (feats is not None) == features
         jac = ENGINES["loop"]().jacobian(raw, shared)
-        gramian, _, _ = engine.gramian(TaskLosses(raw, raw, feats), model, shared)
+        gramian, _ = engine.gramian(TaskLosses(raw, raw, feats), model, shared)
         torch.testing.assert_close(gramian, jac @ jac.T, rtol=1e-5, atol=1e-7)
 
 
@@ -385,8 +389,13 @@ def test_autogram_on_strided_convolutions_repeated_calls_tied_weights_and_norms(
                        for i, t in enumerate(TASKS)])
     assert len(_LAYER_TAPS[model].calls[model.proj]) == 2
     jac = ENGINES["loop"]().jacobian(raw, shared)
-    gramian, _, _ = engine.gramian(TaskLosses(raw, raw), model, shared)
+    gramian, factors = engine.gramian(TaskLosses(raw, raw), model, shared)
     torch.testing.assert_close(gramian, jac @ jac.T, rtol=1e-5, atol=1e-6)
+    # The update from the factors and by one backward are both w^T J.
+    w = torch.tensor([0.5, -1.0, 2.0])
+    for grads in (factors.combine(w, shared), factors.backward(w, shared)):
+        torch.testing.assert_close(torch.cat([g.reshape(-1) for g in grads]), w @ jac,
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_autogram_needs_the_forward_recorded():
