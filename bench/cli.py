@@ -133,7 +133,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bench.config import load_spec
     from bench.executors import run_specs
     from bench.grid import expand
-    from bench.store import RunStore
+    from bench.store import RunStore, print_problems
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers: must be at least 1")
@@ -148,6 +148,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     store.check_compatible(sweep)
     store.write_manifest(sweep, [t.id for t in trials])
     store.remove_stale_temp_files()
+    # Damaged, misnamed or foreign records go to quarantine/ (named here); theirs rerun.
+    print_problems(store.set_aside(), "set aside")
 
     start = time.perf_counter()
     overrides = {

@@ -164,8 +164,27 @@ def to_latex(df: pd.DataFrame, caption: str = "") -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def _records(run_dir: Path) -> list[dict[str, Any]]:
-    return list(store.RunStore(run_dir).records())
+def _scan(run_dir: Path) -> store.Scan:
+    """The run's usable records, read once; each file left out is named on stderr."""
+    run = store.RunStore(run_dir)
+    if not run.trials_dir.is_dir():
+        raise ConfigError(f"{run_dir}: not a run directory (no trials/ folder)")
+    scan = run.scan()
+    store.print_problems(scan.problems)
+    return scan
+
+
+def _left_out(doc: _Doc, run_dir: Path, problems: list[store.RecordProblem]) -> None:
+    if not problems:
+        return
+    sec = doc.section("Files left out")
+    sec.blocks.append(Block("note", text=(
+        f"{len(problems)} files of the run directory are not usable records of this run "
+        "and were left out of every table above (`mtlbench run` on the directory sets them "
+        "aside into quarantine/ and reruns their trials).")))
+    sec.blocks.append(Block("bullets", items=[
+        f"{p.path.relative_to(run_dir) if p.path.is_relative_to(run_dir) else p.path}: "
+        f"{p.reason}" for p in problems]))
 
 
 def load_speed(run_dir: str | Path) -> pd.DataFrame:
@@ -950,16 +969,17 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``report.md``, ``report.html``, ``tables/`` and ``plots/`` into ``run_dir``;
     return the path of ``report.md``."""
     run_dir = Path(run_dir)
-    tidy = store.load(run_dir)
+    scan = _scan(run_dir)
+    records = scan.records
+    tidy = store.frame(records)
     if tidy.empty:
         raise ConfigError(f"{run_dir}: no trial records to report on")
-    records = _records(run_dir)
     labels = _labels(tidy)
     summary = analysis.trial_summary(tidy)
     cells = analysis.delta_m_intervals(summary)
     intervals = analysis.task_change_intervals(summary)
     speed = load_speed(run_dir)
-    manifest = store.RunStore(run_dir).manifest() or {}
+    manifest = scan.manifest or {}  # None when missing or damaged (a file left out)
     sweep = manifest.get("sweep", {}) or {}
     title = str(sweep.get("name") or run_dir.name)
     description = str(sweep.get("description") or "")
@@ -974,6 +994,7 @@ def write_report(run_dir: str | Path) -> Path:
     _cost(doc, tidy, cells, _trials(records, labels), speed)
     _environment(doc, records)
     _failed(doc, records, labels)
+    _left_out(doc, run_dir, scan.problems)
 
     store.atomic_write_text(run_dir / "report.html", _html(title, description, doc.sections))
     path = run_dir / "report.md"

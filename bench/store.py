@@ -8,6 +8,12 @@ Layout::
 A record only ever appears complete: it is written to a temporary file in the
 same directory, flushed to disk, then renamed over its final name. A trial
 whose record exists is finished, so rerunning a sweep skips it.
+
+Files damaged or put there by hand are checked on every read: a record that is
+not valid JSON, lacks what the tidy table needs (an ``ok`` record without
+metrics), sits under another trial's file name, or belongs to no trial of the
+manifest is left out with a note naming the file; ``mtlbench run`` moves such
+files into ``quarantine/`` and runs their trials again.
 """
 
 from __future__ import annotations
@@ -17,26 +23,48 @@ import fcntl
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Sequence
+import secrets
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pandas as pd
+import pydantic
+from typing_extensions import NotRequired, TypedDict
 
 from bench.errors import ConfigError
 
-__all__ = ["RunStore", "atomic_write_json", "atomic_write_text", "load"]
+__all__ = [
+    "RecordProblem", "RunStore", "Scan", "atomic_write_json", "atomic_write_text", "frame",
+    "load", "print_problems",
+]
 
 MANIFEST = "manifest.json"
+QUARANTINE = "quarantine"  # damaged or foreign files that `run` set aside
+RETRIED = "retried"  # the last failed record of each trial rerun by --retry-failed
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """Open a new temporary file beside ``path``. Unlike ``tempfile.mkstemp`` (always
+    0600) it is created 0666 so the kernel applies the umask (and default ACLs), as for
+    any other file the user writes."""
+    for _ in range(100):
+        # The writer's pid in the name lets a later run remove what a killed writer left.
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary file name")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one.
+    The file gets the mode the umask gives (0644 under umask 022)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The writer's pid in the name lets a later run remove what a killed writer left.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
-                               dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -51,6 +79,93 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically."""
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True))
+
+
+class _Component(TypedDict):
+    name: str
+    params: dict[str, Any]
+
+
+class _Spec(TypedDict):
+    dataset: _Component
+    sharing: _Component
+    weighting: _Component
+    seed: int
+    model: dict[str, Any]
+    train: dict[str, Any]
+    tasks: NotRequired[list[str] | None]
+    probes: NotRequired[dict[str, Any]]
+    sampling: NotRequired[_Component | None]
+
+
+class _Record(TypedDict):
+    # What load() and the report read without a default; other keys are optional.
+    id: str
+    status: str
+    spec: _Spec
+    metrics: NotRequired[dict[str, dict[str, dict[str, float | None]]]]
+    timing: NotRequired[dict[str, Any]]
+
+
+_RECORD = pydantic.TypeAdapter(_Record)
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number",
+               bool: "boolean", type(None): "null"}
+
+
+def _check_record(path: Path, data: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """The record in ``data`` (read from ``path``), or None and why it is not usable."""
+    if not data.strip():
+        return None, "empty file"
+    try:
+        rec = json.loads(data)
+    except ValueError as err:  # UnicodeDecodeError included
+        return None, f"not valid JSON, truncated or damaged ({err})"
+    if not isinstance(rec, dict):
+        return None, f"not a trial record (a JSON {_JSON_TYPES.get(type(rec), 'value')})"
+    try:
+        _RECORD.validate_python(rec)
+    except pydantic.ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(k) for k in first["loc"])
+        what = "missing" if first["type"] == "missing" else first["msg"]
+        return None, f"not a trial record ({where}: {what})"
+    if rec["status"] == "ok" and not rec.get("metrics"):
+        return None, "'ok' record without metrics"
+    if rec["id"] != path.stem:
+        # Read under its file name, it would hide the trial the name promises.
+        return None, f"holds trial {rec['id']}, not the {path.stem} its name says"
+    return rec, None
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    """A file of ``trials/`` left out of the run: damaged, misnamed or foreign."""
+
+    path: Path
+    reason: str
+    rerun: bool = False  # its name is a trial of the sweep, which a resume runs again
+    moved_to: Path | None = None  # where `run` set it aside
+
+
+@dataclass
+class Scan:
+    """The usable records of a run directory, and the files left out with why."""
+
+    records: list[dict[str, Any]]
+    problems: list[RecordProblem]
+    manifest: dict[str, Any] | None
+
+
+def print_problems(problems: Sequence[RecordProblem], action: str = "left out",
+                   file: IO[str] | None = None, limit: int = 10) -> None:
+    """One line per file left out (``limit`` at most, then a count), on stderr."""
+    out = file or sys.stderr
+    for p in problems[:limit]:
+        to = f" -> {p.moved_to}" if p.moved_to else ""
+        again = f"; trial {p.path.stem} runs again" if p.rerun and p.moved_to else ""
+        print(f"mtlbench: note: {action} {p.path}{to}: {p.reason}{again}", file=out)
+    if len(problems) > limit:
+        print(f"mtlbench: note: ... and {len(problems) - limit} more files {action}", file=out)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -89,23 +204,28 @@ class RunStore:
     def has(self, trial_id: str) -> bool:
         return self.record_path(trial_id).is_file()
 
-    def status(self, trial_id: str) -> str | None:
-        """Status of a finished trial, or None when it has no (readable) record."""
+    def _valid(self, trial_id: str) -> dict[str, Any] | None:
         try:
-            return self.read(trial_id).get("status")
-        except (OSError, ValueError):
+            data = self.record_path(trial_id).read_bytes()
+        except OSError:
             return None
+        return _check_record(self.record_path(trial_id), data)[0]
+
+    def status(self, trial_id: str) -> str | None:
+        """Status of a finished trial, or None when it has no usable record (none, or a
+        damaged or misnamed one: the trial runs again)."""
+        rec = self._valid(trial_id)
+        return None if rec is None else rec["status"]
 
     @contextlib.contextmanager
-    def claim(self, trial_id: str) -> Iterator[bool]:
-        """Hold an exclusive lock on ``trial_id`` while it runs; yields False when another
-        process (e.g. a second ``mtlbench run`` on the same directory) holds it.
-
-        The lock is an ``flock`` on ``locks/<id>.lock``: the kernel releases it when
-        its holder dies, so a killed sweep never leaves a trial locked."""
+    def _lock(self, trial_id: str) -> Iterator[bool]:
+        """``flock`` on ``locks/<id>.lock`` without waiting; yields whether it was taken.
+        The kernel releases it when its holder dies, so a killed sweep never leaves a
+        trial locked."""
         lock_dir = self.root / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_dir / f"{trial_id}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        # 0666 & ~umask, so that others sharing the directory (umask 002) can lock too.
+        fd = os.open(lock_dir / f"{trial_id}.lock", os.O_CREAT | os.O_RDWR, 0o666)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -116,19 +236,133 @@ class RunStore:
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def claim(self, trial_id: str) -> Iterator[bool]:
+        """Hold an exclusive lock on ``trial_id`` while it runs; yields False when another
+        process (e.g. a second ``mtlbench run`` on the same directory) holds it, or when
+        the trial already has a usable record of any status (another sweep ran it since
+        this one planned; failed records to retry were moved away by
+        :meth:`take_for_retry` first), so each trial runs once."""
+        with self._lock(trial_id) as mine:
+            yield mine and self.status(trial_id) is None
+
+    def take_for_retry(self, trial_id: str) -> bool:
+        """Make a failed trial runnable again: under its lock, move its record to
+        ``retried/<id>.json``. Returns whether this sweep should run it: False when
+        another sweep runs it now or its record is ``ok`` (another sweep's retry worked).
+        Taking it under the lock that :meth:`claim` uses means two sweeps retrying one
+        directory run each failed trial once."""
+        with self._lock(trial_id) as mine:
+            if not mine:
+                return False
+            status = self.status(trial_id)
+            if status == "ok":
+                return False
+            if status is not None:
+                dest = self.root / RETRIED / f"{trial_id}.json"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.record_path(trial_id), dest)
+            return True
+
     def write(self, record: dict[str, Any]) -> None:
         atomic_write_json(self.record_path(record["id"]), record)
 
     def read(self, trial_id: str) -> dict[str, Any]:
         return json.loads(self.record_path(trial_id).read_text("utf-8"))
 
+    def scan(self) -> Scan:
+        """Read every ``trials/*.json``: the usable records of this run's trials, and the
+        files left out (damaged, misnamed, or not a trial of the manifest) with why.
+        A damaged ``manifest.json`` is a problem too; then no record is checked against it."""
+        problems: list[RecordProblem] = []
+        try:
+            manifest = self.manifest()
+        except ConfigError as err:
+            manifest = None
+            problems.append(RecordProblem(self.root / MANIFEST, str(err).split(": ", 1)[-1]))
+        ids = manifest.get("trials") if manifest else None
+        sweep_ids = set(ids) if isinstance(ids, list) else None
+        name = ((manifest or {}).get("sweep") or {}).get("name")
+        records = []
+        paths = sorted(self.trials_dir.glob("*.json")) if self.trials_dir.is_dir() else []
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # set aside by a concurrent run meanwhile
+                continue
+            except OSError as err:
+                raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+            rec, reason = _check_record(path, data)
+            if rec is not None and sweep_ids is not None and rec["id"] not in sweep_ids:
+                rec, reason = None, f"trial {rec['id']} is not part of this run's sweep " \
+                                    f"'{name}' ({MANIFEST})"
+            if rec is None:
+                assert reason is not None
+                rerun = sweep_ids is not None and path.stem in sweep_ids
+                problems.append(RecordProblem(path, reason, rerun))
+            else:
+                records.append(rec)
+        return Scan(records, problems, manifest)
+
     def records(self) -> Iterator[dict[str, Any]]:
-        for path in sorted(self.trials_dir.glob("*.json")):
-            yield json.loads(path.read_text("utf-8"))
+        """The usable records (see :meth:`scan`; the files left out are not named here)."""
+        yield from self.scan().records
+
+    def set_aside(self) -> list[RecordProblem]:
+        """Move every file :meth:`scan` leaves out into ``quarantine/`` (nothing is
+        deleted), so that their trials run again and no report reads them; returns them
+        with their new paths. A file named after a trial is moved under that trial's
+        lock, after a second look: a concurrent sweep may have just rewritten it."""
+        scan = self.scan()
+        ids = set((scan.manifest or {}).get("trials") or ())
+        moved = []
+        for problem in scan.problems:
+            if problem.path.parent != self.trials_dir:
+                continue  # the manifest: run refuses a damaged one before this
+            stem = problem.path.stem
+            with self._lock(stem) if stem in ids else contextlib.nullcontext(True) as mine:
+                if not mine:
+                    continue  # a sweep is running this trial; its record will replace it
+                if stem in ids and self.status(stem) is not None:
+                    continue  # repaired by a concurrent sweep since the scan
+                dest = self._quarantine_path(problem.path.name)
+                try:
+                    os.replace(problem.path, dest)
+                except FileNotFoundError:
+                    continue  # set aside by a concurrent sweep
+                moved.append(RecordProblem(problem.path, problem.reason, problem.rerun, dest))
+        return moved
+
+    def _quarantine_path(self, name: str) -> Path:
+        folder = self.root / QUARANTINE
+        folder.mkdir(parents=True, exist_ok=True)
+        dest, i = folder / name, 1
+        while dest.exists():  # keep every copy set aside, never overwrite one
+            dest, i = folder / f"{Path(name).stem}.{i}.json", i + 1
+        return dest
 
     def manifest(self) -> dict[str, Any] | None:
+        """The manifest, or None when there is none; a damaged one is a ConfigError
+        naming the file."""
         path = self.root / MANIFEST
-        return json.loads(path.read_text("utf-8")) if path.is_file() else None
+        try:
+            text = path.read_text("utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path}: cannot read ({err})") from None
+        try:
+            manifest = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"{path}: not valid JSON, truncated or damaged ({err}); "
+                              "move it away to start the run directory afresh") from None
+        trials = manifest.get("trials", []) if isinstance(manifest, dict) else None
+        if (not isinstance(manifest, dict) or not isinstance(manifest.get("sweep", {}), dict)
+                or not isinstance(trials, list)
+                or not all(isinstance(t, str) for t in trials)):
+            raise ConfigError(f"{path}: not a run manifest (an object with 'sweep' and "
+                              "'trials'); move it away to start the run directory afresh")
+        return manifest
 
     def check_compatible(self, sweep: dict[str, Any]) -> None:
         """Refuse a run directory made by a different sweep (before anything is written)."""
@@ -203,21 +437,30 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def load(run_dir: str | Path) -> pd.DataFrame:
+def load(run_dir: str | Path, *, quiet: bool = False) -> pd.DataFrame:
     """Tidy table of a run: one row per trial x task x split x metric.
 
     Axis columns hold labels (name plus non-default hyperparameters; the weighting
     label also names the sampling policy and ``train_grid`` values, see
     :func:`weighting_label`). Trials that did not finish ``ok`` contribute one row with
-    ``task``/``value`` empty.
+    ``task``/``value`` empty. Files of ``trials/`` that are not usable records of this
+    run are left out, each named in a note on stderr (unless ``quiet``).
     """
     store = RunStore(run_dir)
     if not store.trials_dir.is_dir():
         raise ConfigError(f"{run_dir}: not a run directory (no trials/ folder)")
+    scan = store.scan()
+    if not quiet:
+        print_problems(scan.problems)
+    return frame(scan.records)
+
+
+def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """The tidy table of :func:`load` from records already read (:meth:`RunStore.scan`)."""
     from bench.grid import TrialSpec, baseline_of
 
     rows: list[dict[str, Any]] = []
-    records = list(store.records())
+    records = list(records)
     varying = _varying_train_keys(records)
     for rec in records:
         spec = rec["spec"]

@@ -178,6 +178,7 @@ def synthetic_run(root: Path, *, seeds=(0, 1, 2), datasets: dict | None = None,
             for i, status in enumerate(("error", "diverged")):
                 spec = _spec(dataset, "hps", "uw", 100 + i)
                 store.write(_record(spec, tasks, {}, rng=rng, status=status))
+                ids.append(spec.id)  # the manifest lists every trial of the run
     store.write_manifest({"name": "synthetic", "description": "synthetic <records> & co"}, ids)
     if extras:
         speed = root / "speed"
@@ -409,6 +410,9 @@ def test_compare_flags_the_changed_strategy(real_run, tmp_path, capsys):
         extra = dict(rec, id="f" * 16, spec={**rec["spec"], "weighting": {
             "name": "newstrat", "params": {}}})
     (run_b / "trials" / f"{'f' * 16}.json").write_text(json.dumps(extra))
+    manifest = json.loads((run_b / "manifest.json").read_text())
+    manifest["trials"].append("f" * 16)  # a trial of run b only (else left out as foreign)
+    (run_b / "manifest.json").write_text(json.dumps(manifest))
 
     assert _compare(str(real_run), str(run_b)) == 0
     out = capsys.readouterr().out

@@ -129,7 +129,10 @@ def run_specs(
 
     def pending(spec: TrialSpec) -> bool:
         status = store.status(spec.id)
-        return status is None or (retry_failed and status != "ok")
+        # A failed record is taken under the trial's lock, so a concurrent sweep that
+        # also retries skips it (each failed trial reruns once).
+        return status is None or (retry_failed and status != "ok"
+                                  and store.take_for_retry(spec.id))
 
     todo = [s for s in specs if pending(s)]
     outcome = SweepOutcome(ran={}, skipped=len(specs) - len(todo))
