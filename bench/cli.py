@@ -21,6 +21,7 @@ PLUGGED_COMMANDS: dict[str, str] = {
     "compare": "bench.compare",
     "speed": "bench.speed",
     "check": "bench.check",
+    "tensorboard": "bench.tensorboard",
 }
 
 
@@ -148,6 +149,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     store.check_compatible(sweep)
     store.write_manifest(sweep, [t.id for t in trials])
     store.remove_stale_temp_files()
+    if spec.tensorboard.enabled:  # events under <out>/tensorboard (ids unchanged)
+        from bench import tensorboard
+
+        trials = tensorboard.attach(trials, spec.tensorboard, out)
+        tensorboard.write_experiment(out, trials)
     # Damaged, misnamed or foreign records go to quarantine/ (named here); theirs rerun.
     print_problems(store.set_aside(), "set aside")
 

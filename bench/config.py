@@ -26,6 +26,7 @@ __all__ = [
     "AXES",
     "Component",
     "SweepSpec",
+    "TensorBoardSettings",
     "load_spec",
     "parse_override",
     "preset_names",
@@ -88,6 +89,16 @@ class ProbeSettings(pydantic.BaseModel):
     affinity_every: ProbeEvery = 0
 
 
+class TensorBoardSettings(pydantic.BaseModel):
+    """TensorBoard event files of ``mtlbench run`` (``bench.tensorboard``). Not part of any
+    trial id, like the executor settings: logging changes no result."""
+
+    model_config = _STRICT
+    enabled: bool = True
+    # Step scalars (task losses, weights, shared gradient norm, step time) every N steps.
+    every: Annotated[int, Field(ge=1, le=1_000_000)] = 10
+
+
 class Filter(pydantic.BaseModel):
     """A combination pattern: every given axis must match (names, or seeds)."""
 
@@ -128,6 +139,7 @@ class _RawSpec(pydantic.BaseModel):
     # (the product over keys); each trial's baselines use the same settings.
     train_grid: dict[str, list[Any]] = {}
     probes: ProbeSettings = ProbeSettings()
+    tensorboard: TensorBoardSettings = TensorBoardSettings()
     executor: Literal["inline", "process", "ray", "submitit"] = "process"
     workers: Annotated[int, Field(ge=1, le=1024)] | None = None
     time_limit_s: Annotated[float, Field(gt=0)] | None = None
@@ -179,6 +191,8 @@ class SweepSpec:
     # One TrainSettings per combination of the train_grid (just ``train`` without one).
     train_variants: tuple[TrainSettings, ...] = ()
     train_grid: dict[str, list[Any]] = field(default_factory=dict)
+    # Logging only: left out of to_dict (the manifest), so it never blocks a resume.
+    tensorboard: TensorBoardSettings = field(default_factory=TensorBoardSettings)
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -441,6 +455,7 @@ def load_spec(
         exclude=tuple(parsed.exclude),
         train_variants=_train_variants(parsed, dict(raw.get("train", {})), source),
         train_grid=dict(parsed.train_grid),
+        tensorboard=parsed.tensorboard,
     )
     for axis, values in (("seeds", spec.seeds),):
         if len(set(values)) != len(values):

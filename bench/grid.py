@@ -42,12 +42,17 @@ class TrialSpec:
     # Task-sampling policy; multi-task trials on multi-input data only (None elsewhere,
     # and then absent from the id, so single-input ids do not depend on the axis).
     sampling: Component | None = None
+    # Where and how often the trial writes TensorBoard events (``bench.tensorboard``):
+    # carried to workers with the spec, never part of its id or record.
+    tensorboard: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def is_baseline(self) -> bool:
         return self.sharing.name == BASELINE_SHARING and self.tasks is not None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, logging: bool = True) -> dict[str, Any]:
+        """The spec as JSON; ``logging=False`` leaves out the TensorBoard settings (what
+        the id hashes and records hold)."""
         out = {
             "dataset": self.dataset.to_dict(),
             "sharing": self.sharing.to_dict(),
@@ -60,11 +65,14 @@ class TrialSpec:
         }
         if self.sampling is not None:
             out["sampling"] = self.sampling.to_dict()
+        if logging and self.tensorboard is not None:
+            out["tensorboard"] = self.tensorboard
         return out
 
     @property
     def id(self) -> str:
-        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()[:16]
+        text = canonical_json(self.to_dict(logging=False))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
@@ -79,6 +87,7 @@ class TrialSpec:
             probes=d.get("probes", {}),
             sampling=(Component(d["sampling"]["name"], d["sampling"]["params"])
                       if d.get("sampling") is not None else None),
+            tensorboard=d.get("tensorboard"),
         )
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import analysis, store
+from bench import analysis, curves, store, tensorboard
 from bench.errors import ConfigError
 from bench.probes import AUTO_PROBES, MIN_PROBED_STEPS
 from bench.tasks import HIGHER_IS_BETTER
@@ -987,6 +987,7 @@ def write_report(run_dir: str | Path) -> Path:
     doc = _Doc(run_dir)
     _overview(doc, run_dir, tidy, labels, sweep)
     _results(doc, tidy, cells, summary, _weights(records, labels))
+    curves.section(doc, records, labels)
     _rankings(doc, cells)
     _negative_transfer(doc, intervals)
     _relationships(doc, records, labels)
@@ -997,6 +998,8 @@ def write_report(run_dir: str | Path) -> Path:
     _left_out(doc, run_dir, scan.problems)
 
     store.atomic_write_text(run_dir / "report.html", _html(title, description, doc.sections))
+    # Δm needs every baseline: written here as each trial's HParams metrics (TensorBoard).
+    tensorboard.write_delta_m(run_dir, summary, records)
     path = run_dir / "report.md"
     store.atomic_write_text(path, _markdown(title, description, doc.sections))
     return path

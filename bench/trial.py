@@ -12,7 +12,7 @@ import os
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -36,6 +36,9 @@ from bench.tasks import Task
 from bench.timing import trial_timing
 from strategies import sharing, weighting
 from strategies.sharing.base import BackboneSpec, SharingArchitecture
+
+if TYPE_CHECKING:
+    from bench.tensorboard import TrialLogger
 
 __all__ = [
     "Diverged",
@@ -170,10 +173,24 @@ def _first_inputs(split: Split | dict[str, Split], n: int) -> torch.Tensor:
 
 
 def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
-    """Train and evaluate ``spec``; returns the record's results.
+    """Train and evaluate ``spec``; returns the record's results. With
+    ``spec.tensorboard`` set, it writes TensorBoard events as it trains.
 
     Raises ``Diverged`` on a non-finite loss and ``TrialTimeout`` once
     ``time.perf_counter()`` passes ``deadline``."""
+    log = None
+    if spec.tensorboard is not None:
+        from bench.tensorboard import TrialLogger  # tensorboard only where it logs
+
+        log = TrialLogger(spec.tensorboard, spec)
+    try:
+        return _train(spec, deadline, log)
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> dict[str, Any]:
     trial_start = time.perf_counter()
     train = spec.train
     device = resolve_device(train["device"])
@@ -229,11 +246,15 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
                           total_steps=steps_per_epoch * train["epochs"])
     # Index of the first step with a non-finite loss, kept on the device (no per-step sync).
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    if log is not None:
+        log.begin([t.name for t in tasks])
 
     loop_start = time.perf_counter()
     setup_s = loop_start - trial_start  # data, model, optimizer (and a worker's first imports)
     for epoch in range(train["epochs"]):
         start = time.perf_counter()
+        if log is not None:
+            log.start_epoch(epoch * steps_per_epoch)
         loss_sum = torch.zeros(len(tasks), device=device)
         weight_sum: torch.Tensor | None = None
         feeder.start_epoch()
@@ -253,6 +274,8 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
             if strategy.last_weights is not None:
                 w = strategy.last_weights.detach()
                 weight_sum = w.clone() if weight_sum is None else weight_sum + w
+            if log is not None and log.due(global_step):  # device values, written per epoch
+                log.step(global_step, losses, strategy.last_weights, shared)
         # Each task's mean over the steps that had its samples (all of them unless the
         # sampling policy trains one task per step).
         task_steps = torch.tensor(feeder.task_steps(), dtype=loss_sum.dtype, device=device)
@@ -276,6 +299,9 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
             weights = (weight_sum / steps_per_epoch).tolist()
             entry["weights"] = dict(zip([t.name for t in tasks], weights, strict=True))
         history.append(entry)
+        if log is not None:
+            log.end_epoch((epoch + 1) * steps_per_epoch, entry,
+                          ctx.optimizer.param_groups[0]["lr"], probes)
         if math.isfinite(score) and (best is None or score < best[0]):
             best = (score, epoch, copy.deepcopy(model.state_dict()))
 
@@ -287,7 +313,7 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
     architecture_stats = model.stats()  # gathered on the validation split only
     metrics["test"] = evaluate(model, tasks, test_split, train["eval_batch_size"])[0]
     run_s = time.perf_counter() - loop_start
-    return {
+    result = {
         "metrics": metrics,
         "best_epoch": best[1],
         "history": history,
@@ -303,12 +329,16 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
                                setup_s=setup_s, run_s=run_s),
         "env": collect(device),
     }
+    if log is not None:
+        log.finish(result, steps_per_epoch * train["epochs"])
+    return result
 
 
 def failure_record(spec: TrialSpec, status: str, error: str, **extra: Any) -> dict[str, Any]:
     """The record of a trial that did not finish ``ok``."""
     return {
-        "id": spec.id, "spec": spec.to_dict(), "status": status, "error": error, **extra,
+        "id": spec.id, "spec": spec.to_dict(logging=False), "status": status, "error": error,
+        **extra,
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }
 
@@ -327,7 +357,7 @@ def execute(spec: TrialSpec, time_limit_s: float | None = None) -> dict[str, Any
     start = time.perf_counter()
     deadline = start + time_limit_s if time_limit_s is not None else None
     try:
-        record = {"id": spec.id, "spec": spec.to_dict(), "status": "ok", "error": None,
+        record = {"id": spec.id, "spec": spec.to_dict(logging=False), "status": "ok", "error": None,
                   **run_trial(spec, deadline)}
         record["finished_at"] = datetime.now(timezone.utc).isoformat()
     except Diverged as err:
