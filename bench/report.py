@@ -230,12 +230,12 @@ def _labels(tidy: pd.DataFrame) -> pd.DataFrame:
     return lab
 
 
-def _mtl_ok(records: Iterable[dict], labels: pd.DataFrame) -> Iterable[tuple[dict, pd.Series]]:
+def _mtl_ok(records: Iterable[dict], labels: pd.DataFrame) -> Iterable[tuple[dict, dict]]:
+    rows = labels.to_dict("index")  # a dict per trial: .loc per record is slow at 10k trials
     for rec in records:
-        if rec.get("id") in labels.index and rec.get("status") == "ok":
-            lab = labels.loc[rec["id"]]
-            if pd.isna(lab["baseline_task"]):
-                yield rec, lab
+        lab = rows.get(rec.get("id"))
+        if lab is not None and rec.get("status") == "ok" and pd.isna(lab["baseline_task"]):
+            yield rec, lab
 
 
 # --------------------------------------------------------------------------- formatting
@@ -912,11 +912,12 @@ def _weights(records: list[dict], labels: pd.DataFrame) -> pd.DataFrame:
 
 def _trials(records: list[dict], labels: pd.DataFrame) -> pd.DataFrame:
     rows = []
+    by_id = labels.to_dict("index")
     for rec in records:
-        if rec.get("id") not in labels.index:
+        if rec.get("id") not in by_id:
             continue
         timing = rec.get("timing") or {}
-        rows.append({"trial_id": rec["id"], **labels.loc[rec["id"]].to_dict(),
+        rows.append({"trial_id": rec["id"], **by_id[rec["id"]],
                      "samples_per_s": timing.get("samples_per_s", math.nan),
                      "step_s": timing.get("step_s", math.nan),
                      "setup_s": timing.get("setup_s", math.nan),

@@ -415,8 +415,10 @@ COLUMNS = [
 def _varying_train_keys(records: list[dict[str, Any]]) -> list[str]:
     """Training settings that differ between the run's trials (a ``train_grid`` axis)."""
     values: dict[str, set[str]] = {}
-    for rec in records:
-        for key, value in rec["spec"]["train"].items():
+    # A sweep has few distinct recipes: compare those, not every record's keys.
+    distinct = {json.dumps(rec["spec"]["train"], sort_keys=True) for rec in records}
+    for train in distinct:
+        for key, value in json.loads(train).items():
             values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
     return sorted(k for k, v in values.items() if len(v) > 1)
 
@@ -462,6 +464,8 @@ def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     records = list(records)
     varying = _varying_train_keys(records)
+    # Baseline ids by (recipe, task): the trials of one seed and recipe share baselines.
+    baseline_ids: dict[tuple[str, str], str] = {}
     for rec in records:
         spec = rec["spec"]
         trial = TrialSpec.from_dict(spec)
@@ -486,9 +490,14 @@ def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             rows.append({**base, "task": None, "split": None, "metric": None, "value": math.nan,
                          "baseline_id": None})
             continue
+        # What baseline_of keeps of a trial.
+        recipe = "" if trial.is_baseline else json.dumps(
+            [spec["dataset"], spec["model"], spec["train"], spec["seed"]], sort_keys=True)
         for split, per_task in rec["metrics"].items():
             for task, metrics in per_task.items():
-                baseline_id = None if trial.is_baseline else baseline_of(trial, task).id
+                if not trial.is_baseline and (recipe, task) not in baseline_ids:
+                    baseline_ids[recipe, task] = baseline_of(trial, task).id
+                baseline_id = baseline_ids.get((recipe, task))
                 for metric, value in metrics.items():
                     rows.append(
                         {**base, "task": task, "split": split, "metric": metric, "value": value,
