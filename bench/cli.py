@@ -131,7 +131,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from bench.config import load_spec
+    from bench.config import check_run_dir, load_spec
     from bench.executors import run_specs
     from bench.grid import expand
     from bench.store import RunStore, print_problems
@@ -144,10 +144,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, preset=args.preset, overrides=args.overrides)
     trials = expand(spec)
     out = Path(args.out) if args.out else Path("results") / spec.name
+    check_run_dir(out)
     store = RunStore(out)
     sweep = spec.to_dict()
     store.check_compatible(sweep)
-    store.write_manifest(sweep, [t.id for t in trials])
+    try:
+        store.write_manifest(sweep, [t.id for t in trials])
+    except OSError as err:  # what the check above could not foresee (a full disk)
+        raise ConfigError(f"--out {out}: cannot write {err.filename or out}: "
+                          f"{err.strerror or err}") from None
     store.remove_stale_temp_files()
     if spec.tensorboard.enabled:  # events under <out>/tensorboard (ids unchanged)
         from bench import tensorboard
@@ -182,7 +187,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from bench.report import write_report
 
-    path = write_report(args.run_dir)
+    try:
+        path = write_report(args.run_dir)
+    except OSError as err:  # a read-only run directory, a full disk
+        where = err.filename or args.run_dir
+        raise ConfigError(f"{args.run_dir}: cannot write the report ({where}: "
+                          f"{err.strerror or err})") from None
     print(f"wrote {path}")
     return 0
 

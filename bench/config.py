@@ -8,6 +8,7 @@ one-line :class:`~bench.errors.ConfigError` naming the file and the key.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,6 +28,7 @@ __all__ = [
     "Component",
     "SweepSpec",
     "TensorBoardSettings",
+    "check_run_dir",
     "load_spec",
     "parse_override",
     "preset_names",
@@ -125,9 +127,9 @@ class Filter(pydantic.BaseModel):
 
 class _RawSpec(pydantic.BaseModel):
     model_config = _STRICT
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    # The default run directory is results/<name>: bounded well below a file name's 255.
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
     description: str = ""
-    seeds: list[int] = Field(default=[0], min_length=1)
     datasets: list[str | dict[str, Any]] = Field(min_length=1)
     sharing: list[str | dict[str, Any]] = Field(min_length=1)
     weighting: list[str | dict[str, Any]] = Field(min_length=1)
@@ -317,6 +319,33 @@ def _format_loc(loc: Iterable[Any]) -> str:
     return out or "(top level)"
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 300-character name stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]}"
+
+
+def _fields_at(model: type[pydantic.BaseModel], loc: Iterable[Any]) -> list[str]:
+    """The keys of the (nested) settings table that ``loc`` points into; [] if not a table
+    of fixed keys."""
+    import typing
+
+    def table(annotation: Any) -> type[pydantic.BaseModel] | None:
+        if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+            return annotation
+        # list[Filter], Optional[...]: the model inside
+        return next((m for a in typing.get_args(annotation) if (m := table(a))), None)
+
+    current: type[pydantic.BaseModel] | None = model
+    for part in loc:
+        if current is None:
+            return []
+        if isinstance(part, str) and part in current.model_fields:
+            current = table(current.model_fields[part].annotation)
+        # other parts (list indices, pydantic's union branch names) stay in the table
+    return sorted(current.model_fields) if current is not None else []
+
+
 def _component(
     entry: str | dict[str, Any], registry: Registry, key: str, source: str
 ) -> Component:
@@ -367,6 +396,23 @@ def _train_variants(
     return tuple(variants)
 
 
+def _check_duplicate_components(spec: SweepSpec, source: str) -> None:
+    """An entry listed twice (same name, same resolved hyperparameters) is an error, as
+    a repeated seed is: the grid would silently hold its trials once."""
+    import json
+
+    for key, components in (("datasets", spec.datasets), ("sharing", spec.sharing),
+                             ("weighting", spec.weighting), ("sampling", spec.sampling)):
+        seen: dict[str, int] = {}
+        for i, c in enumerate(components):
+            ident = json.dumps([c.name, c.params], sort_keys=True, default=repr)
+            if ident in seen:
+                raise ConfigError(
+                    f"{source}: {key}[{i}]: '{c.name}' is listed twice (as {key}[{seen[ident]}])"
+                    " with the same parameters; remove one, or give them different ones")
+            seen[ident] = i
+
+
 def _check_filter_names(spec: SweepSpec, source: str) -> None:
     present = {
         "dataset": [c.name for c in spec.datasets],
@@ -383,6 +429,57 @@ def _check_filter_names(spec: SweepSpec, source: str) -> None:
                             f"{source}: {kind}[{i}].{axis}: '{value}' is not in the sweep's "
                             f"{axis} axis{suggest(value, names)}"
                         )
+            for seed in flt.values("seed") or []:
+                if seed not in spec.seeds:
+                    raise ConfigError(
+                        f"{source}: {kind}[{i}].seed: {seed} is not one of the sweep's seeds "
+                        f"({', '.join(map(str, spec.seeds))})")
+
+
+def check_run_dir(out: str | Path) -> None:
+    """Refuse an ``--out`` that cannot become this sweep's run directory, before anything
+    is written: a name the file system cannot hold, a place where nothing can be created
+    (read-only, ``/proc``), or an existing folder that is not a run directory.
+
+    Writability is probed with an unnamed temporary file (``O_TMPFILE`` where the file
+    system has it), so the check leaves nothing behind and also holds for root."""
+    import errno
+    import os
+    import tempfile
+
+    def exists(p: Path) -> bool:
+        try:
+            return p.exists()
+        except OSError:  # a name too long to look up
+            return False
+
+    path = Path(out)
+    name_max = 255
+    existing = path
+    while not exists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if exists(existing) and not existing.is_dir():
+        raise ConfigError(f"--out {path}: {existing} exists and is not a directory")
+    with contextlib.suppress(OSError, ValueError):
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    long = next((p for p in path.parts if len(os.fsencode(p)) > name_max), None)
+    if long is not None:
+        raise ConfigError(f"--out {path}: the name '{long[:40]}...' is longer than the file "
+                          f"system allows ({name_max} bytes)")
+    if existing == path and any(path.iterdir()) and not (path / "manifest.json").exists():
+        raise ConfigError(f"--out {path}: an existing folder that is not a run directory (no "
+                          "manifest.json); choose a new or empty folder")
+    for folder in (existing, path / "trials"):
+        if not folder.is_dir():
+            continue
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            reason = os.strerror(err.errno) if err.errno else str(err)
+            if err.errno == errno.ENOENT:  # /proc and the like: no files can be made there
+                reason = "no files can be created there"
+            raise ConfigError(f"--out {path}: cannot write in {folder}: {reason}") from None
 
 
 def load_spec(
@@ -415,7 +512,11 @@ def load_spec(
     except pydantic.ValidationError as err:
         first = err.errors()[0]
         where = _format_loc(first["loc"])
-        got = f" (got {first['input']!r})" if first["type"] != "missing" else ""
+        if first["type"] == "extra_forbidden":  # a misspelt key: say which ones exist
+            key, known = str(first["loc"][-1]), _fields_at(_RawSpec, first["loc"][:-1])
+            hint = suggest(key, known) or (f" (known: {', '.join(known)})" if known else "")
+            raise ConfigError(f"{source}: {where}: unknown key{hint}") from None
+        got = f" (got {_short(first['input'])})" if first["type"] != "missing" else ""
         raise ConfigError(f"{source}: {where}: {first['msg']}{got}") from None
 
     spec = SweepSpec(
@@ -460,6 +561,7 @@ def load_spec(
     for axis, values in (("seeds", spec.seeds),):
         if len(set(values)) != len(values):
             raise ConfigError(f"{source}: {axis}: contains duplicates")
+    _check_duplicate_components(spec, source)
     _check_filter_names(spec, source)
     target = spec.model.match_params
     if isinstance(target, str) and target not in SHARING:

@@ -112,10 +112,27 @@ def baseline_of(spec: TrialSpec, task: str) -> TrialSpec:
     )
 
 
-def task_names(dataset: Component) -> list[str]:
+def _load(ds: Component, source: str = "") -> Any:
+    """The dataset of ``ds`` (cached by ``bench.data.load``); a loader that fails, or runs
+    out of memory (num_train = 10**8 with a wide input), is a one-line ConfigError."""
     from bench import data
+    from bench.data import DATASETS
 
-    return [t.name for t in data.load(dataset.name, **dataset.params).tasks]
+    try:
+        return data.load(ds.name, **ds.params)
+    except ConfigError:
+        raise
+    except MemoryError as err:
+        raise ConfigError(
+            f"{source}: {DATASETS.describe(ds.name)} with {canonical_json(ds.params)} does "
+            f"not fit in memory ({err}); choose smaller sizes") from None
+    except Exception as err:  # a plugin's loader, or a size numpy cannot allocate
+        raise ConfigError(f"{source}: {DATASETS.describe(ds.name)}: loading failed: "
+                          f"{type(err).__name__}: {err}") from None
+
+
+def task_names(dataset: Component) -> list[str]:
+    return [t.name for t in _load(dataset).tasks]
 
 
 def _backbone(model: dict[str, Any]) -> Any:
@@ -132,16 +149,19 @@ def _build_check(ds: Component, sh: Component, model: dict[str, Any], source: st
     cannot work (e.g. MTAN on an MLP backbone) is a ConfigError before anything runs."""
     import torch
 
-    from bench import data
     from strategies import sharing
+    from strategies.sharing import SHARING
 
-    dataset = data.load(ds.name, **ds.params)
+    dataset = _load(ds, source)
     try:
         with torch.device("meta"):
             sharing.get(sh.name, dataset.input_shape, dataset.tasks, _backbone(model),
                         **sh.params)
     except ValueError as err:
         raise ConfigError(f"{source}: sharing '{sh.name}' on dataset '{ds.name}': {err}") from None
+    except (Exception, SystemExit) as err:  # a plugin architecture's own failure, named
+        raise ConfigError(f"{source}: {SHARING.describe(sh.name)}: building it on dataset "
+                          f"'{ds.name}' failed: {type(err).__name__}: {err}") from None
 
 
 def _matched_model(
@@ -151,13 +171,12 @@ def _matched_model(
     (``model.match_params``: an architecture name at the sweep's widths, or a count)."""
     import dataclasses
 
-    from bench import data
     from strategies.sharing import count_parameters, match_params
 
     target = model.get("match_params")
     if target is None:
         return model
-    dataset = data.load(ds.name, **ds.params)
+    dataset = _load(ds, source)
     backbone = _backbone(model)
     if isinstance(target, str):
         target = count_parameters(target, dataset.input_shape, dataset.tasks, backbone)
@@ -174,16 +193,12 @@ def _matched_model(
 
 
 def _is_multi_input(ds: Component) -> bool:
-    from bench import data
-
-    return data.load(ds.name, **ds.params).multi_input
+    return _load(ds).multi_input
 
 
 def _has_baselines(ds: Component) -> bool:
     """Objective tasks (toy landscapes) have no data to train a single-task model on."""
-    from bench import data
-
-    return all(t.kind != "objective" for t in data.load(ds.name, **ds.params).tasks)
+    return all(t.kind != "objective" for t in _load(ds).tasks)
 
 
 def _check_compatible(spec: TrialSpec, source: str, checked: set[tuple[str, ...]]) -> None:
@@ -208,6 +223,9 @@ def _check_compatible(spec: TrialSpec, source: str, checked: set[tuple[str, ...]
     except ValueError as err:
         raise ConfigError(f"{source}: weighting '{spec.weighting.name}' on dataset "
                           f"'{spec.dataset.name}': {err}") from None
+    except (Exception, SystemExit) as err:  # a plugin strategy's own failure, named
+        raise ConfigError(f"{source}: {WEIGHTING.describe(spec.weighting.name)}: creating it "
+                          f"failed: {type(err).__name__}: {err}") from None
     if strategy.needs != "jacobian":
         return
     try:
@@ -229,8 +247,17 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
     """All trials of ``sweep``: multi-task trials first, then their baselines (deduplicated).
 
     ``stl`` in the sharing axis stands for the single-task baselines themselves.
-    Raises ``ConfigError`` when the filters leave nothing to run.
+    Raises ``ConfigError`` when the filters leave nothing to run, or when planning runs
+    out of memory (e.g. match_params on very wide models).
     """
+    try:
+        return _expand(sweep)
+    except MemoryError as err:
+        raise ConfigError(f"{sweep.source}: planning the sweep ran out of memory ({err}); "
+                          "choose smaller datasets or models") from None
+
+
+def _expand(sweep: SweepSpec) -> list[TrialSpec]:
     model = sweep.model.model_dump()
     variants = [_train_dict(t) for t in (sweep.train_variants or (sweep.train,))]
     probes = {k: v for k, v in sweep.probes.model_dump().items() if v}

@@ -3,11 +3,16 @@ and write nothing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BASE = """
 name = "bad"
@@ -25,7 +30,15 @@ batch_size = 64
 
 # (id, edit of BASE as (old, new) or None, extra CLI args, expected message fragment)
 CASES = [
-    ("unknown-top-key", ("seeds = [0]", "seeds = [0]\nseed = 3"), [], "seed: Extra inputs are not permitted"),
+    ("unknown-top-key", ("seeds = [0]", "seeds = [0]\nseed = 3"), [], "seed: unknown key (did you mean 'seeds'?)"),
+    ("unknown-train-key", ("epochs = 1", "epoch = 1"), [], "train.epoch: unknown key (did you mean 'epochs'?)"),
+    ("weighting-dup", ('"pcgrad"', '"pcgrad", "ew"'), [], "weighting[2]: 'ew' is listed twice (as weighting[0])"),
+    ("dataset-dup", ('{ name = "penguins" }', '{ name = "penguins" }, "penguins"'), [], "datasets[1]: 'penguins' is listed twice"),
+    ("exclude-seed", ("[model]", "exclude = [{ seed = 5 }]\n[model]"), [], "exclude[0].seed: 5 is not one of the sweep's seeds (0)"),
+    ("num-train-huge", ('{ name = "penguins" }', '{ name = "mmoe_synthetic", num_train = 10000000000000 }'), [], "num_train: Input should be less than or equal to 10000000"),
+    ("input-dim-huge", ('{ name = "penguins" }', '{ name = "mmoe_synthetic", input_dim = 10000000000 }'), [], "input_dim: Input should be less than or equal to 100000"),
+    ("out-proc", (), ["--out", "/proc/mtlbench-x"], "--out /proc/mtlbench-x: cannot write in /proc"),
+    ("out-long", (), ["--out", "x" * 300], "is longer than the file system allows"),
     ("unknown-strategy", ('"pcgrad"', '"pcgard"'), [], "unknown weighting 'pcgard' (did you mean 'pcgrad'?)"),
     ("unknown-dataset", ('"penguins"', '"penguin"'), [], "unknown dataset 'penguin' (did you mean 'penguins'?)"),
     ("unknown-sharing", ('["hps"]', '["hsp"]'), [], "unknown sharing 'hsp' (did you mean 'hps'?)"),
@@ -128,6 +141,75 @@ def test_run_directory_of_a_different_sweep_is_refused(tmp_path, capsys):
     file_out.write_text("x")
     assert main(["run", str(spec), "--out", str(file_out)]) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
+
+
+def test_a_long_name_creates_nothing(tmp_path, capsys, monkeypatch):
+    # Without --out the run directory is results/<name>: nothing, not even results/, before
+    # the name is validated.
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(BASE.replace('name = "bad"', f'name = "{"a" * 300}"'))
+    assert main(["run", str(spec), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "name: String should have at most 100 characters" in err
+    assert len(err) < 300  # the value is cut in the message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.toml"]
+
+
+def test_an_unrelated_folder_is_not_taken_over(tmp_path, capsys):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(BASE)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"x")
+    before = _snapshot(tmp_path)
+    assert main(["run", str(spec), "--out", str(folder), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"mtlbench: error: --out {folder}: an existing folder that is not a run "
+                   "directory (no manifest.json); choose a new or empty folder")
+    assert _snapshot(tmp_path) == before
+    (folder / "holiday.jpg").unlink()  # an empty folder is fine
+    assert main(["run", str(spec), "--out", str(folder), "--no-progress",
+                 "--executor", "inline"]) == 0
+
+
+def _unprivileged(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``mtlbench argv`` in a child that file permissions bind: as root, without the
+    capabilities that override them (setpriv), so a read-only folder is read-only."""
+    prefix = (["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+              if os.geteuid() == 0 else [])
+    return subprocess.run([*prefix, sys.executable, "-m", "bench", *argv], cwd=cwd,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_read_only_places_are_one_line_errors(tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(BASE.replace('"pcgrad"', '"mgda"'))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(run_dir), "--no-progress",
+                 "--executor", "inline"]) == 0
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    for path in (run_dir, run_dir / "trials", locked):
+        path.chmod(0o555)
+    try:
+        before = _snapshot(tmp_path)
+        cases = [
+            (["run", str(spec), "--out", str(locked / "new")], f"cannot write in {locked}"),
+            (["run", str(spec), "--out", str(run_dir)], f"cannot write in {run_dir}"),
+            (["report", str(run_dir)], "cannot write the report"),
+        ]
+        for argv, message in cases:
+            proc = _unprivileged([*argv, "--no-progress"] if argv[0] == "run" else argv,
+                                 tmp_path)
+            err = proc.stderr.strip()
+            assert proc.returncode == 2, err
+            assert len(err.splitlines()) == 1 and message in err, err
+        assert _snapshot(tmp_path) == before
+    finally:
+        for path in (run_dir, run_dir / "trials", locked):
+            path.chmod(0o755)
 
 
 def test_the_table_covers_at_least_thirty_malformed_inputs():

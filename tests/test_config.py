@@ -54,8 +54,27 @@ BAD_SPECS = [
     ("epochs = 2", "epochs = 0", "train.epochs: Input should be greater than or equal to 1"),
     ("epochs = 2", 'epochs = "two"', "train.epochs: Input should be a valid integer"),
     ("lr = 0.01", "lr = -1.0", "train.lr: Input should be greater than 0"),
-    ("lr = 0.01", "learning_rate = 0.01", "train.learning_rate: Extra inputs are not permitted"),
-    ("seeds = [0, 1]", "seeds = [0, 1]\nsedes = [2]", "sedes: Extra inputs are not permitted"),
+    ("lr = 0.01", "learning_rate = 0.01", "train.learning_rate: unknown key (known: batch_size,"),
+    ("epochs = 2", "epoch = 2", "train.epoch: unknown key (did you mean 'epochs'?)"),
+    ("seeds = [0, 1]", "seeds = [0, 1]\nsedes = [2]", "sedes: unknown key (did you mean 'seeds'?)"),
+    ("hidden = [16]", "hiden = [16]", "model.hiden: unknown key (did you mean 'hidden'?)"),
+    ("[model]", "include = [{ sed = 1 }]\n[model]",
+     "include[0].sed: unknown key (did you mean 'seed'?)"),
+    ('name = "tiny"', 'name = "' + "a" * 101 + '"', "name: String should have at most 100 characters"),
+    ('weighting = ["ew", "mgda"]', 'weighting = ["ew", "mgda", { name = "ew" }]',
+     "weighting[2]: 'ew' is listed twice (as weighting[0]) with the same parameters"),
+    ("input_dim = 16 }]", "input_dim = 16 }, { name = \"mmoe_synthetic\", num_train = 256, "
+     "num_val = 64, num_test = 64, input_dim = 16, correlation = 0.5 }]",
+     "datasets[1]: 'mmoe_synthetic' is listed twice (as datasets[0])"),
+    ('sharing = ["hps"]', 'sharing = ["hps", "hps"]', "sharing[1]: 'hps' is listed twice"),
+    ("[model]", "exclude = [{ seed = 5 }]\n[model]",
+     "exclude[0].seed: 5 is not one of the sweep's seeds (0, 1)"),
+    ("[model]", "include = [{ seed = [0, 7] }]\n[model]",
+     "include[0].seed: 7 is not one of the sweep's seeds (0, 1)"),
+    ("num_train = 256", "num_train = 10000000000000",
+     "num_train: Input should be less than or equal to 10000000"),
+    ("input_dim = 16", "input_dim = 10000000000",
+     "input_dim: Input should be less than or equal to 100000"),
     ("seeds = [0, 1]", "seeds = []", "seeds: List should have at least 1 item"),
     ("seeds = [0, 1]", "seeds = [1, 1]", "seeds: contains duplicates"),
     ("input_dim = 16", "input_dim = 16, corelation = 0.3",
@@ -126,3 +145,22 @@ def test_readme_sweep_example_is_valid(tmp_path):
     spec = load_spec(path)
     assert [c.name for c in spec.sampling] == ["round_robin", "proportional", "temperature"]
     assert [t.lr for t in spec.train_variants] == [1e-3, 3e-3]
+
+
+def test_entries_differing_in_parameters_are_not_duplicates(write_spec, tiny_spec):
+    text = tiny_spec.replace('weighting = ["ew", "mgda"]',
+                             'weighting = ["dwa", { name = "dwa", temperature = 4.0 }]')
+    spec = load_spec(write_spec(text))
+    assert [w.params["temperature"] for w in spec.weighting] == [2.0, 4.0]
+    # A default written out is the same entry as the bare name (and the same trial id).
+    same = tiny_spec.replace('weighting = ["ew", "mgda"]',
+                             'weighting = ["dwa", { name = "dwa", temperature = 2.0 }]')
+    with pytest.raises(ConfigError, match=r"weighting\[1\]: 'dwa' is listed twice"):
+        load_spec(write_spec(same))
+
+
+def test_unknown_key_without_a_close_match_lists_the_known_ones(write_spec, tiny_spec):
+    with pytest.raises(ConfigError) as info:
+        load_spec(write_spec(tiny_spec), overrides=["probes.zzz=1"])
+    assert str(info.value).endswith(
+        "probes.zzz: unknown key (known: affinity_every, conflict_every)")

@@ -64,3 +64,92 @@ def test_bad_plugin_hyperparameter_is_a_config_error(tmp_path):
     assert proc.returncode == 2
     assert "temperature: Input should be greater than 0" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+BAD_PLUGIN = '''
+import torch
+
+from bench.data import DATASETS, MTLDataset
+from strategies.sharing import SHARING
+from strategies.sharing.hps import HardParameterSharing
+from strategies.weighting import WEIGHTING, LossWeighting
+
+
+class _Sum(LossWeighting):
+    """Plain sum."""
+
+    def combine(self, losses: torch.Tensor) -> torch.Tensor:
+        return losses.sum()
+
+
+@WEIGHTING.register("bad_nodefault")
+class NoDefault(_Sum):
+    """A hyperparameter without a default."""
+
+    def __init__(self, *, c: float) -> None:
+        super().__init__()
+
+
+@WEIGHTING.register("bad_init")
+class RaisingInit(_Sum):
+    """Its __init__ raises."""
+
+    def __init__(self) -> None:
+        raise RuntimeError("cannot build me")
+
+
+@SHARING.register("bad_arch")
+class RaisingArch(HardParameterSharing):
+    """Its __init__ raises."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise KeyError("no such layer")
+
+
+@DATASETS.register("bad_huge")
+def huge() -> MTLDataset:
+    """Runs out of memory while planning (as num_train = 10**8 with a wide input would)."""
+    raise MemoryError("Unable to allocate 7.11 PiB for an array")
+'''
+
+
+@pytest.fixture
+def bad_plugin(tmp_path):
+    from bench.data import DATASETS
+    from strategies.sharing import SHARING
+    from strategies.weighting import WEIGHTING
+
+    path = tmp_path / "bad_plugin.py"
+    path.write_text(BAD_PLUGIN)
+    yield path
+    for registry, name in ((WEIGHTING, "bad_nodefault"), (WEIGHTING, "bad_init"),
+                           (SHARING, "bad_arch"), (DATASETS, "bad_huge")):
+        registry.unregister(name)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ('weighting = ["bad_nodefault"]',
+     "weighting[0]: weighting 'bad_nodefault' (plugin {path}): hyperparameter 'c' needs a default"),
+    ('weighting = ["bad_init"]', "weighting 'bad_init' (plugin {path}): creating it failed: "
+                                 "RuntimeError: cannot build me"),
+    ('sharing = ["bad_arch"]', "sharing 'bad_arch' (plugin {path}): building it on dataset "
+                               "'penguins' failed: KeyError: 'no such layer'"),
+    ('datasets = ["bad_huge"]', "dataset 'bad_huge' (plugin {path}) with {{}} does not fit in "
+                                "memory (Unable to allocate 7.11 PiB for an array); choose "
+                                "smaller sizes"),
+])
+def test_a_failing_plugin_component_is_a_one_line_error_naming_it(
+        bad_plugin, tmp_path, capsys, edit, message):
+    from bench.cli import main
+
+    lines = {"datasets": 'datasets = ["penguins"]', "sharing": 'sharing = ["hps"]',
+             "weighting": 'weighting = ["ew"]'}
+    lines[edit.split(" ")[0]] = edit
+    spec = tmp_path / "sweep.toml"
+    spec.write_text('name = "p"\nplugins = ["bad_plugin.py"]\n' + "\n".join(lines.values()))
+    out = tmp_path / "run"
+    assert main(["run", str(spec), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mtlbench: error:"), err
+    assert message.format(path=bad_plugin) in err
+    assert not out.exists()

@@ -18,7 +18,15 @@ import torch
 from bench.registry import Registry
 from bench.tasks import Task
 
-__all__ = ["DATASETS", "AnyDataset", "MTLDataset", "MultiInputDataset", "Split", "load", "names"]
+__all__ = [
+    "DATASETS", "MAX_INPUT_DIM", "MAX_SAMPLES", "AnyDataset", "MTLDataset",
+    "MultiInputDataset", "Split", "load", "names",
+]
+
+# Bounds of generated datasets' sizes (samples per split, input features), so that a typo
+# (num_train = 10**13) is a config error, not an allocation failure while planning.
+MAX_SAMPLES = 10_000_000
+MAX_INPUT_DIM = 100_000
 
 
 @dataclass(frozen=True)

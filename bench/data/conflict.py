@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from bench.data import DATASETS, MTLDataset, MultiInputDataset, Split
+from bench.data import DATASETS, MAX_INPUT_DIM, MAX_SAMPLES, MTLDataset, MultiInputDataset, Split
 from bench.errors import ConfigError
 from bench.tasks import Task
 
@@ -108,13 +108,13 @@ def conflict(
     label_fraction_last: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0,
     kind: Literal["regression", "binary"] = "regression",
     link: Literal["linear", "relu"] = "linear",
-    input_dim: Annotated[int, Field(ge=4)] = 32,
-    num_train: Annotated[int, Field(ge=2)] = 4000,
-    num_val: Annotated[int, Field(ge=1)] = 1000,
-    num_test: Annotated[int, Field(ge=1)] = 1000,
+    input_dim: Annotated[int, Field(ge=4, le=MAX_INPUT_DIM)] = 32,
+    num_train: Annotated[int, Field(ge=2, le=MAX_SAMPLES)] = 4000,
+    num_val: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 1000,
+    num_test: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 1000,
     data_seed: Annotated[int, Field(ge=0)] = 0,
     separate_inputs: bool = False,
-    num_train_last: Annotated[int, Field(ge=2)] | None = None,
+    num_train_last: Annotated[int, Field(ge=2, le=MAX_SAMPLES)] | None = None,
 ) -> MTLDataset | MultiInputDataset:
     """Synthetic tasks with a controllable conflict angle, label noise and label imbalance."""
     if input_dim < num_tasks + 2:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from bench.data import DATASETS, MTLDataset, Split
+from bench.data import DATASETS, MAX_INPUT_DIM, MAX_SAMPLES, MTLDataset, Split
 from bench.errors import ConfigError
 from bench.tasks import Task
 
@@ -55,12 +55,12 @@ def mmoe_synthetic(
     *,
     correlation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
     num_tasks: Annotated[int, Field(ge=2, le=64)] = 2,
-    input_dim: Annotated[int, Field(ge=3)] = 100,
+    input_dim: Annotated[int, Field(ge=3, le=MAX_INPUT_DIM)] = 100,
     scale: Annotated[float, Field(gt=0.0)] = 1.0,
     num_sin: Annotated[int, Field(ge=0)] = 10,
-    num_train: Annotated[int, Field(ge=2)] = 8000,
-    num_val: Annotated[int, Field(ge=1)] = 1000,
-    num_test: Annotated[int, Field(ge=1)] = 1000,
+    num_train: Annotated[int, Field(ge=2, le=MAX_SAMPLES)] = 8000,
+    num_val: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 1000,
+    num_test: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 1000,
     data_seed: Annotated[int, Field(ge=0)] = 0,
 ) -> MTLDataset:
     """Synthetic regression tasks with tunable correlation (Ma et al., KDD 2018)."""

@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 from sklearn.datasets import load_digits
 
-from bench.data import DATASETS, MTLDataset, Split
+from bench.data import DATASETS, MAX_SAMPLES, MTLDataset, Split
 from bench.tasks import Task
 
 __all__ = ["multi_digits", "overlay", "source_pools"]
@@ -57,9 +57,9 @@ def overlay(left: np.ndarray, right: np.ndarray, shift: int) -> np.ndarray:
 @DATASETS.register("multi_digits")
 def multi_digits(
     *,
-    num_train: Annotated[int, Field(ge=1)] = 6000,
-    num_val: Annotated[int, Field(ge=1)] = 1000,
-    num_test: Annotated[int, Field(ge=1)] = 1000,
+    num_train: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 6000,
+    num_val: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 1000,
+    num_test: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] = 1000,
     shift: Annotated[int, Field(ge=0, le=8)] = 4,
     split_seed: Annotated[int, Field(ge=0)] = 0,
 ) -> MTLDataset:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from bench.data import DATASETS, MTLDataset
+from bench.data import DATASETS, MAX_SAMPLES, MTLDataset
 from bench.data import common as C
 from bench.data.cache import cached
 from bench.data.multi_mnist import TASKS, build_pairs
@@ -75,9 +75,9 @@ def source_pools(n_train_file: int, n_test_file: int, split_seed: int) -> dict[s
 @DATASETS.register("multi_fashion")
 def multi_fashion(
     *,
-    num_train: Annotated[int, Field(ge=1)] | None = None,
-    num_val: Annotated[int, Field(ge=1)] | None = None,
-    num_test: Annotated[int, Field(ge=1)] | None = None,
+    num_train: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None,
+    num_val: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None,
+    num_test: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None,
     split_seed: Annotated[int, Field(ge=0)] = 0,
 ) -> MTLDataset:
     """Multi-Fashion (Lin et al. 2019): two overlaid Fashion-MNIST items, tasks 'left', 'right'."""

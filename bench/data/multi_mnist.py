@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from bench.data import DATASETS, MTLDataset
+from bench.data import DATASETS, MAX_SAMPLES, MTLDataset
 from bench.data import common as C
 from bench.data.cache import cached
 from bench.tasks import Task
@@ -78,9 +78,9 @@ def build_pairs(
 @DATASETS.register("multi_mnist")
 def multi_mnist(
     *,
-    num_train: Annotated[int, Field(ge=1)] | None = None,
-    num_val: Annotated[int, Field(ge=1)] | None = None,
-    num_test: Annotated[int, Field(ge=1)] | None = None,
+    num_train: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None,
+    num_val: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None,
+    num_test: Annotated[int, Field(ge=1, le=MAX_SAMPLES)] | None = None,
     split_seed: Annotated[int, Field(ge=0)] = 0,
 ) -> MTLDataset:
     """Multi-MNIST (Sener & Koltun 2018) from 5,000 MNIST digits: tasks 'left', 'right'."""
