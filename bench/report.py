@@ -91,8 +91,8 @@ class _Doc:
         show ``display`` in the report unless ``show`` is false."""
         name = self.unique("table", name)
         self.tables_dir.mkdir(parents=True, exist_ok=True)
-        (raw if raw is not None else display).to_csv(self.tables_dir / f"{name}.csv",
-                                                     index=False)
+        csv_safe(raw if raw is not None else display).to_csv(self.tables_dir / f"{name}.csv",
+                                                             index=False)
         (self.tables_dir / f"{name}.tex").write_text(to_latex(display, caption), "utf-8")
         if not show:
             return
@@ -928,31 +928,73 @@ def _trials(records: list[dict], labels: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- rendering
 
 
-def _markdown(title: str, description: str, sections: list[Section]) -> str:
-    def md_cell(s: str) -> str:
-        return s.replace("|", r"\|").replace("\n", " ")
+# Text that would start a Markdown block (heading, quote, list, rule, table) at a line's start.
+_MD_BLOCK_START = re.compile(r"^(?:[#>+*=|~`-]|\d+(?=[.)](?:\s|$)))")
+# Spreadsheet formula prefixes (OWASP CSV injection): such a text cell gets a leading '.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
-    lines = [f"# mtlbench report: {title}", ""]
+
+def md_text(text: object) -> str:
+    """``text`` safe inside a line of report.md: names and record fields reach the report,
+    so no raw HTML (``<script>``, ``<img onerror>``), no line break (a fake heading or table
+    row) and no link or image made of them; ordinary text is left as it reads."""
+    out = " ".join(str(text).splitlines())
+    return out.replace("<", "&lt;").replace(">", "&gt;").replace("](", "]\\(")
+
+
+def md_block(text: object) -> str:
+    """:func:`md_text` for text that starts a line: a leading ``#``, ``-``, ``1.`` ... is
+    escaped, so that it stays text."""
+    out = md_text(text).lstrip()  # four leading spaces would make a code block
+    match = _MD_BLOCK_START.match(out)
+    if match is None:
+        return out
+    end = match.end()
+    return out[:end] + "\\" + out[end:] if out[:end].isdigit() else "\\" + out
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every text cell and header that a spreadsheet would run as a formula
+    (``=``, ``+``, ``-``, ``@``, tab, CR first) prefixed with a single quote."""
+    def cell(value: object) -> object:
+        return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) \
+            else value
+
+    out = df.copy()
+    for i in range(out.shape[1]):  # by position: column names may repeat
+        if not pd.api.types.is_numeric_dtype(out.iloc[:, i]):
+            out.iloc[:, i] = out.iloc[:, i].map(cell)
+    out.columns = [cell(c) for c in out.columns]
+    return out
+
+
+def _markdown(title: str, description: str, sections: list[Section]) -> str:
+    # Every string goes through md_text/md_block here, the one place report.md is written.
+    def md_cell(s: str) -> str:
+        return md_text(s).replace("|", r"\|")
+
+    lines = [f"# mtlbench report: {md_text(title)}", ""]
     if description:
-        lines += [description, ""]
+        lines += [md_block(description), ""]
     for sec in sections:
-        lines += [f"## {sec.title}", ""]
+        lines += [f"## {md_text(sec.title)}", ""]
         for b in sec.blocks:
             if b.kind == "heading":
-                lines += [f"### {b.text}", ""]
+                lines += [f"### {md_text(b.text)}", ""]
             elif b.kind in ("para", "note"):
-                lines += [b.text if b.kind == "para" else f"_{b.text}_", ""]
+                lines += [md_block(b.text) if b.kind == "para" else f"_{md_text(b.text)}_", ""]
             elif b.kind == "bullets":
-                lines += [*(f"- {i}" for i in b.items), ""]
+                lines += [*(f"- {md_block(i)}" for i in b.items), ""]
             elif b.kind == "table":
                 from tabulate import tabulate
 
                 rows = [[md_cell(c) for c in r] for r in b.rows]
-                lines += [f"_{b.caption}_ (tables/{b.name}.csv)", "",
+                lines += [f"_{md_text(b.caption)}_ (tables/{b.name}.csv)", "",
                           tabulate(rows, headers=[md_cell(c) for c in b.columns],
                                    tablefmt="pipe", disable_numparse=True), ""]
             elif b.kind == "figure":
-                lines += [f"![{md_cell(b.caption)}](plots/{b.name}.png)", ""]
+                alt = md_cell(b.caption).replace("[", r"\[").replace("]", r"\]")
+                lines += [f"![{alt}](plots/{b.name}.png)", ""]
     return "\n".join(lines)
 
 
