@@ -3,25 +3,44 @@
 Two checks, one command (exit 0: pass, 1: a regression, 2: unusable input or
 baseline, as a one-line error):
 
-Accuracy. The fixed sweep of preset ``check`` (``bench/presets/check.toml``,
-``--set`` overrides allowed) is run inline with one CPU thread, which makes it
-deterministic on a given CPU and torch build. Every number of every trial's
-``metrics`` (all splits, tasks, metrics) must match the baseline within
-``|current - baseline| <= rtol * |baseline| + atol`` (defaults ``rtol = 1e-6``,
-``atol = 1e-9``; NaN matches NaN only), and every trial's status must match.
+Accuracy. Two sweeps, run inline with one CPU thread, which makes them
+deterministic on a given CPU and torch build:
+
+- the fixed sweep of preset ``check`` (``bench/presets/check.toml``, ``--set``
+  overrides allowed): a few strategies on real-sized data for several epochs;
+- the coverage sweeps: every built-in strategy x every built-in architecture, both
+  lists read from the registries (``WEIGHTING``, ``SHARING``), so a new component is
+  covered without editing a list (plugins' components are not: the committed baseline
+  holds the project's own). Each architecture runs in the first of
+  :data:`COVERAGE_SETTINGS` it builds in (tiny synthetic regression on an MLP; tiny
+  image pairs on a CNN, e.g. MTAN; the toy2 landscape, for ``landscape``), with every
+  strategy, for :data:`COVERAGE_COMMON`'s few steps (``stl`` runs as the single-task
+  baselines). The preset's settings and ``--set`` apply, then the coverage's own
+  (data, model size, optimizer, epochs, batch size, seed, both axes). ``--coverage``
+  restricts it to some components (``cagrad,hps``: cagrad on hard sharing) or turns it
+  off (``none``).
+
+Every number of every trial's ``metrics`` (all splits, tasks, metrics) must match the
+baseline within ``|current - baseline| <= rtol * |baseline| + atol`` (defaults
+``rtol = 1e-6``, ``atol = 1e-9``; NaN matches NaN only), and every trial's status must
+match.
 Trials are named by their components' names, dataset position, seed and task
 (not by their resolved hyperparameters), so a changed default shows up as changed
-metrics. A different CPU or torch build may legitimately change results beyond
-the tolerance (summation order, vector width): the baseline records its machine
-and the check warns when it differs. The preset TOML and the ``--set`` list must
-be those of the baseline (else exit 2: rerun with ``--update``).
+metrics (changing cagrad's ``c`` from 0.5 to 0.9 fails the coverage part). A
+different CPU or torch build may legitimately change results beyond the tolerance
+(summation order, vector width): the baseline records its machine and the check
+warns when it differs. The preset TOML, the ``--set`` list and the coverage
+settings must be those of the baseline (else exit 2: rerun with ``--update``); a
+component registered since the baseline shows as a trial missing from it (exit 1,
+until ``--update``).
 
-Speed. One step cell per strategy of the sweep (its first architecture, T of its
-first dataset, ``train.batch_size``, width ``model.hidden[0]``,
-``train.engine``) plus ``ew``, and the same again at ``T = --large-tasks``
-(default 32; 0 leaves them out), so that a cost growing faster than T (say, every
-task's backward running through every other task's head: O(T^2)) moves a ratio
-by far more than the minimum effect. All cells are built once and timed
+Speed. The preset's strategies only, not the coverage's (timing every strategy at two
+task counts, 45 rounds each, would take minutes): one step cell per strategy of the
+preset's sweep (its first architecture, T of its first dataset, ``train.batch_size``,
+width ``model.hidden[0]``, ``train.engine``) plus ``ew``, and the same again at
+``T = --large-tasks`` (default 32; 0 leaves them out), so that a cost growing faster
+than T (say, every task's backward running through every other task's head: O(T^2))
+moves a ratio by far more than the minimum effect. All cells are built once and timed
 round-robin on one CPU thread, with the thread's CPU time (time spent preempted
 by other processes does not count). A repeat sample of a cell is its fastest of
 ``--steps`` consecutive steps; each round gives one sample per cell, the ratio of
@@ -70,7 +89,8 @@ from tabulate import tabulate
 from bench import speed
 from bench.config import SweepSpec, load_spec
 from bench.errors import ConfigError
-from bench.grid import canonical_json, expand
+from bench.grid import BASELINE_WEIGHTING, TrialSpec, canonical_json, expand
+from bench.registry import suggest
 from bench.store import atomic_write_json
 from bench.tasks import HIGHER_IS_BETTER
 from bench.timing import machine_info
@@ -79,10 +99,14 @@ __all__ = [
     "HELP",
     "INJECT_ACCURACY_ENV",
     "SpeedVerdict",
+    "accuracy_plan",
     "add_arguments",
     "compare_accuracy",
     "compare_speed",
+    "coverage_components",
+    "coverage_specs",
     "main",
+    "parse_coverage",
 ]
 
 HELP = "regression gate: a fixed sweep's metrics and speed ratios to ew vs a baseline"
@@ -90,7 +114,7 @@ HELP = "regression gate: a fixed sweep's metrics and speed ratios to ew vs a bas
 INJECT_ACCURACY_ENV = "MTLBENCH_INJECT_ACCURACY"
 BASELINE_FILE = "baseline.json"
 FORMAT = "mtlbench-check-baseline"
-VERSION = 1
+VERSION = 2  # 2: the coverage sweeps (trials keyed 'coverage/<setting>: ...')
 DEFAULT_BASELINE = "results/baselines/check"
 EXIT_REGRESSION = 1
 
@@ -104,6 +128,27 @@ DEFAULTS = {
     "steps": 5,
     "large_tasks": 32,
 }
+# Coverage: where each architecture runs (the first setting it builds in), as --set
+# overrides applied after the preset's and the user's, then COVERAGE_COMMON. Tiny data,
+# 6 epochs of one step (about 0.05 s a trial): dwa weighs by loss ratios from epoch 3 and
+# stch leaves its warm-up (epochs 0-4) at epoch 5. Plain SGD with momentum, because Adam
+# normalises the update's scale away (under Adam cagrad's rescale 1 -> 2 changed nothing).
+# Uncorrelated tasks (correlation 0), so that gradients conflict and the methods' conflict
+# handling acts. scripts/measure_gate.py --defaults measures which changed defaults the
+# coverage catches.
+COVERAGE_SETTINGS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("mlp", ('datasets=[{name="mmoe_synthetic", num_tasks=3, correlation=0.0, num_train=16, '
+             'num_val=16, num_test=16, input_dim=8}]', 'model.backbone="mlp"')),
+    ("cnn", ('datasets=[{name="multi_digits", num_train=16, num_val=16, num_test=16}]',
+             'model.backbone="cnn"', "model.channels=[4]")),
+    ("objective", ('datasets=[{name="toy2", steps_per_epoch=16}]', 'model.backbone="mlp"')),
+)
+COVERAGE_COMMON: tuple[str, ...] = (
+    "seeds=[0]", "model.hidden=[8, 8]", 'train.optimizer="sgd"', "train.lr=0.05",
+    "train.momentum=0.9", "train.epochs=6", "train.batch_size=16",
+    "train_grid={}", "include=[]", "exclude=[]",
+)
+COVERAGE_PREFIX = "coverage/"
 BLOCK_REDUCE = "min"  # a repeat sample is the fastest of --steps consecutive steps
 THREADS = 1
 CPU_CLOCK = "thread"  # time the thread's CPU time: preemption by other processes cancels
@@ -250,20 +295,114 @@ def _trial_key(trial: Any, spec: SweepSpec) -> str:
     return key
 
 
-def run_accuracy(spec: SweepSpec, *, quiet: bool = False) -> dict[str, dict[str, Any]]:
-    """Run every trial of ``spec`` inline, one thread; trial key -> id, status, metrics."""
+def _built_in(registry: Any, name: str) -> bool:
+    """Registered by the project itself (not by a plugin)."""
+    from bench.registry import _OWN_PACKAGES
+
+    module = getattr(registry.get(name), "__module__", None) or ""
+    return module.split(".")[0] in _OWN_PACKAGES
+
+
+def parse_coverage(text: str) -> tuple[str, ...] | None:
+    """``--coverage``: ``"all"`` -> ``()`` (no restriction), ``"none"`` -> None, else the
+    component names (strategies and/or architectures); unknown names are a ConfigError."""
+    from strategies.sharing import SHARING
+    from strategies.weighting import WEIGHTING
+
+    text = text.strip()
+    if text == "all":
+        return ()
+    if text == "none":
+        return None
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    known = sorted(set(WEIGHTING.names()) | set(SHARING.names()))
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"--coverage: unknown strategy or architecture '{name}'"
+                              f"{suggest(name, known)} (or 'all', 'none')")
+    if not names:
+        raise ConfigError("--coverage: expected 'all', 'none' or names separated by commas")
+    return names
+
+
+def coverage_components(only: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """The coverage's strategies and architectures: every built-in one in the registries
+    (sorted); with ``only``, those it names, an axis it names nothing of staying whole."""
+    from strategies.sharing import SHARING
+    from strategies.weighting import WEIGHTING
+
+    axes = []
+    for registry in (WEIGHTING, SHARING):
+        named = sorted(n for n in only if n in registry)
+        axes.append(named or [n for n in registry.names() if _built_in(registry, n)])
+    return axes[0], axes[1]
+
+
+def _coverage_spec(preset: str, overrides: Sequence[str], setting: str,
+                   sharing: Sequence[str], weighting: Sequence[str]) -> SweepSpec:
+    own = dict(COVERAGE_SETTINGS)[setting]
+    return load_spec(preset=preset, overrides=[
+        *overrides, *own, *COVERAGE_COMMON,
+        f"sharing={json.dumps(list(sharing))}", f"weighting={json.dumps(list(weighting))}",
+    ])
+
+
+def coverage_specs(preset: str, overrides: Sequence[str],
+                   only: Sequence[str] | None = ()) -> list[tuple[str, SweepSpec]]:
+    """``(setting, sweep)`` per coverage setting that some architecture runs in: each
+    architecture of :func:`coverage_components` in the first of :data:`COVERAGE_SETTINGS`
+    it builds in, with every strategy. An architecture that builds in none is a
+    ConfigError (a new one needs a setting it accepts, not silence)."""
+    if only is None:
+        return []
+    weighting, sharing = coverage_components(only)
+    if not weighting or not sharing:
+        return []
+    placed: dict[str, list[str]] = {}
+    for name in sharing:
+        errors = []
+        for setting, _ in COVERAGE_SETTINGS:
+            try:
+                expand(_coverage_spec(preset, overrides, setting, [name], [BASELINE_WEIGHTING]))
+            except ConfigError as err:
+                errors.append(f"{setting}: {err}")
+                continue
+            placed.setdefault(setting, []).append(name)
+            break
+        else:
+            raise ConfigError(f"check coverage: architecture '{name}' builds in none of the "
+                              f"coverage settings ({'; '.join(errors)}); add a setting to "
+                              "bench.check.COVERAGE_SETTINGS that it accepts")
+    return [(setting, _coverage_spec(preset, overrides, setting, placed[setting], weighting))
+            for setting, _ in COVERAGE_SETTINGS if setting in placed]
+
+
+def accuracy_plan(spec: SweepSpec,
+                  coverage: Sequence[tuple[str, SweepSpec]] = ()) -> dict[str, TrialSpec]:
+    """Every trial of the accuracy part by its key in the baseline: the preset's sweep
+    ``spec``, then the coverage sweeps (keys ``coverage/<setting>: ...``)."""
+    plan = {_trial_key(trial, spec): trial for trial in expand(spec)}
+    for setting, sweep in coverage:
+        for trial in expand(sweep):
+            plan[f"{COVERAGE_PREFIX}{setting}: {_trial_key(trial, sweep)}"] = trial
+    return plan
+
+
+def run_accuracy(plan: dict[str, TrialSpec], *,
+                 quiet: bool = False) -> dict[str, dict[str, Any]]:
+    """Run every trial of ``plan`` (:func:`accuracy_plan`) inline, one thread; trial key
+    -> id, status, metrics."""
     from bench.trial import execute
 
     injected = injected_accuracy()
     out: dict[str, dict[str, Any]] = {}
     with speed.torch_threads(THREADS):
-        for trial in expand(spec):
+        for key, trial in plan.items():
             record = execute(trial)
             metrics = record.get("metrics")
             fraction = injected.get(trial.weighting.name)
             if fraction and metrics is not None:
                 metrics = _worsen(metrics, fraction)
-            key = _trial_key(trial, spec)
             out[key] = {
                 "id": trial.id,
                 "status": record["status"],
@@ -343,15 +482,30 @@ def _preset_toml(name: str) -> dict[str, Any]:
     return tomllib.loads((resources.files("bench") / "presets" / f"{name}.toml").read_text("utf-8"))
 
 
-def _settings(args: argparse.Namespace, spec: SweepSpec) -> dict[str, Any]:
+def _settings(args: argparse.Namespace, spec: SweepSpec,
+              only: tuple[str, ...] | None) -> dict[str, Any]:
     """What the user chose (compared with the baseline's) and, for the record, the
     resolved sweep (not compared: a changed default must show up as changed metrics)."""
     return {"preset": args.preset, "preset_toml": _preset_toml(args.preset),
-            "overrides": list(args.overrides), "sweep": spec.to_dict(), "threads": THREADS}
+            "overrides": list(args.overrides), "sweep": spec.to_dict(), "threads": THREADS,
+            "coverage": _coverage_settings(only)}
+
+
+def _coverage_settings(only: tuple[str, ...] | None) -> dict[str, Any]:
+    """The coverage's choices (compared with the baseline's) and, for the record, its
+    components (not compared: a new one shows up as a trial missing from the baseline)."""
+    if only is None:
+        return {"only": None}
+    weighting, sharing = coverage_components(only)
+    return {"only": list(only), "settings": [[name, list(sets)]
+                                             for name, sets in COVERAGE_SETTINGS],
+            "common": list(COVERAGE_COMMON), "weighting": weighting, "sharing": sharing}
 
 
 def _chosen(settings: dict[str, Any]) -> str:
-    return canonical_json([settings.get("preset_toml"), settings.get("overrides")])
+    coverage = {k: v for k, v in (settings.get("coverage") or {}).items()
+                if k in ("only", "settings", "common")}
+    return canonical_json([settings.get("preset_toml"), settings.get("overrides"), coverage])
 
 
 def read_baseline(folder: Path) -> dict[str, Any]:
@@ -400,6 +554,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="check", help="the fixed sweep (default 'check')")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a key of the sweep")
+    parser.add_argument("--coverage", default="all", metavar="NAMES",
+                        help="accuracy: the coverage sweeps' strategies and architectures: "
+                        "'all' built-in ones (default), 'none', or names separated by "
+                        "commas ('cagrad,hps': cagrad on hard sharing; 'cagrad': on every "
+                        "architecture)")
     parser.add_argument("--no-speed", action="store_true", help="accuracy only")
     parser.add_argument("--repeats", type=int, default=d["repeats"],
                         help=f"speed: timed rounds (default {d['repeats']})")
@@ -450,6 +609,22 @@ def _machine_warning(baseline: dict[str, Any], machine: dict[str, Any]) -> str |
             "); accuracy may differ beyond the tolerance for that reason alone")
 
 
+def _trial_count(plan: dict[str, TrialSpec],
+                 coverage: Sequence[tuple[str, SweepSpec]]) -> str:
+    """``N trials (P of the preset, C of the coverage: S strategies x A architectures)``."""
+    covered = sum(k.startswith(COVERAGE_PREFIX) for k in plan)
+    if not coverage:
+        return f"{len(plan)} trials (no coverage)"
+    strategies = {w.name for _, sweep in coverage for w in sweep.weighting}
+    architectures = {t.sharing.name for k, t in plan.items() if k.startswith(COVERAGE_PREFIX)}
+    return (f"{len(plan)} trials ({len(plan) - covered} of the preset, {covered} of the "
+            f"coverage: {len(strategies)} strategies x {len(architectures)} architectures)")
+
+
+def _coverage_text(only: Sequence[str] | None) -> str:
+    return "none" if only is None else ",".join(only) or "all"
+
+
 def _load_warning() -> str | None:
     """A note when the machine is busier than its cores: some steps (the gradient-based
     ones) slow down more than ew's under contention, so ratios drift upwards a little."""
@@ -477,13 +652,18 @@ def main(args: argparse.Namespace) -> int:
     folder = Path(args.baseline)
     baseline = None if args.update else read_baseline(folder)
     spec = load_spec(preset=args.preset, overrides=args.overrides)
-    settings = _settings(args, spec)
+    only = parse_coverage(args.coverage)
+    settings = _settings(args, spec, only)
     if baseline is not None and _chosen(baseline["settings"]) != _chosen(settings):
+        old = baseline["settings"].get("coverage") or {}
         raise ConfigError(
             f"{folder / BASELINE_FILE}: made with a different sweep (preset "
             f"{baseline['settings'].get('preset')!r}, --set {baseline['settings'].get('overrides')}"
-            "); use the same settings or rerun with --update"
+            f", --coverage {_coverage_text(old.get('only', ()))}); use the same settings or "
+            "rerun with --update"
         )
+    coverage = coverage_specs(args.preset, args.overrides, only)
+    plan = accuracy_plan(spec, coverage)
     machine = machine_info(None)
     machine["threads"] = THREADS
     injected = {"slowdown": speed.injected_slowdowns(), "accuracy": injected_accuracy()}
@@ -493,7 +673,7 @@ def main(args: argparse.Namespace) -> int:
                               f"({INJECT_ACCURACY_ENV} / {speed.INJECT_SLOWDOWN_ENV})")
         print(f"warning: fault injection active: {injected}", file=sys.stderr)
 
-    accuracy = run_accuracy(spec)
+    accuracy = run_accuracy(plan)
     cells = [] if args.no_speed else speed_cells(spec, args.large_tasks)
     ratios = measure_ratios(cells, repeats=args.repeats, warmup=args.warmup,
                             steps=args.steps) if cells else {}
@@ -514,7 +694,7 @@ def main(args: argparse.Namespace) -> int:
         }
         atomic_write_json(folder / BASELINE_FILE, document)
         elapsed = time.perf_counter() - started
-        print(f"baseline: {len(accuracy)} trials, {len(ratios)} speed cells -> "
+        print(f"baseline: {_trial_count(plan, coverage)}, {len(ratios)} speed cells -> "
               f"{folder / BASELINE_FILE} ({elapsed:.1f} s)")
         if args.json_out:
             atomic_write_json(Path(args.json_out), {"passed": True, "updated": True,
@@ -599,7 +779,7 @@ def main(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["check", "what", "baseline", "current", "change"],
                        disable_numparse=True))
     elapsed = time.perf_counter() - started
-    print(f"check {'FAILED' if failed else 'passed'}: {len(accuracy)} trials "
+    print(f"check {'FAILED' if failed else 'passed'}: {_trial_count(plan, coverage)} "
           f"(rtol {args.rtol:g}), {len(ratios)} speed cells (min effect {args.min_effect:.0%}, "
           f"alpha {args.alpha:g}), {elapsed:.1f} s")
     if args.json_out:

@@ -18,6 +18,16 @@ and at ``--large-tasks``, see ``bench/check.py``).
     .venv/bin/python scripts/measure_gate.py --runs 20 --out results/gate/measure.json
 
 Uses a fresh baseline written first (``--update``) unless ``--baseline DIR`` is given.
+
+``--defaults`` measures instead which changed defaults the accuracy part catches (in
+this process, no baseline file): for every hyperparameter of every built-in strategy
+and architecture, its default is changed as an edit of its file would (the function's
+``__kwdefaults__``, then registered again): numbers x1.5 (0 -> 0.1 or 1; ints + 1, else
+the first value the range admits), booleans flipped, a ``Literal`` to its next choice
+(defaults of None are left, and listed). The component's coverage trials (``--coverage
+NAME``) run again and are compared with the unchanged ones as the check compares them.
+
+    .venv/bin/python scripts/measure_gate.py --defaults --out results/gate/defaults.json
 """
 
 from __future__ import annotations
@@ -81,8 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extended", action="store_true",
                         help="also sub-threshold faults that must not be flagged")
     parser.add_argument("--out", default="results/gate/measure.json", help="summary JSON")
+    parser.add_argument("--defaults", action="store_true",
+                        help="instead: which changed defaults the accuracy part catches")
     parser.add_argument("check_args", nargs="*", help="extra `check` arguments (after --)")
     args = parser.parse_args(argv)
+    if args.defaults:
+        out = ROOT / (args.out if args.out != parser.get_default("out")
+                      else "results/gate/defaults.json")
+        result = measure_defaults()
+        print(json.dumps(result["summary"], indent=1))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        print(f"-> {out}")
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         verdict = Path(tmp) / "verdict.json"
@@ -168,6 +189,119 @@ def summarize(runs: list[dict[str, Any]], conds: list, slow: str) -> dict[str, A
         "by_cell": per_cell,
     }
     return out
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def changed_values(annotation: Any, default: Any) -> list[Any]:
+    """Candidate changed defaults, the first valid one is used (see the module docstring)."""
+    import typing
+
+    base = annotation
+    while typing.get_origin(base) is typing.Annotated:
+        base = typing.get_args(base)[0]
+    if typing.get_origin(base) is typing.Literal:
+        choices = list(typing.get_args(base))
+        return choices[choices.index(default) + 1:] + choices[:choices.index(default)]
+    if isinstance(default, bool):
+        return [not default]
+    if isinstance(default, int):
+        return [default + 1, default - 1, default * 2]
+    if isinstance(default, float):
+        if default == 0.0:
+            return [0.1, 1.0, 1e-3]
+        return [default * 1.5, default * 0.5, default * 0.9]
+    return []
+
+
+def _set_default(registry: Any, name: str, param: str, value: Any) -> Any:
+    """Change ``param``'s default of component ``name`` (its function's ``__kwdefaults__``)
+    and register it again; the old default."""
+    import inspect
+
+    obj = registry.get(name)
+    func = obj.__init__ if inspect.isclass(obj) else obj
+    old = func.__kwdefaults__[param]
+    func.__kwdefaults__[param] = value
+    registry.unregister(name)
+    registry.register(name)(obj)
+    return old
+
+
+def measure_defaults(preset: str = "check") -> dict[str, Any]:
+    """Change each default of each built-in strategy and architecture in turn; rerun the
+    component's coverage trials; is any metric off the unchanged run's (rtol 1e-6)?"""
+    from bench import check
+    from bench.config import load_spec
+    from bench.errors import ConfigError
+    from strategies.sharing import SHARING
+    from strategies.weighting import WEIGHTING
+
+    spec = load_spec(preset=preset)
+
+    def coverage(only: tuple[str, ...]) -> dict[str, Any]:
+        plan = check.accuracy_plan(spec, check.coverage_specs(preset, [], only))
+        return {k: t for k, t in plan.items() if k.startswith(check.COVERAGE_PREFIX)}
+
+    start = time.perf_counter()
+    reference = check.run_accuracy(coverage(()), quiet=True)
+    print(f"reference: {len(reference)} coverage trials in {time.perf_counter() - start:.1f} s",
+          flush=True)
+    weighting, sharing = check.coverage_components()
+    rows: list[dict[str, Any]] = []
+    for registry, names in ((WEIGHTING, weighting), (SHARING, sharing)):
+        for name in names:
+            for hp in registry.hyperparameters(name):
+                row: dict[str, Any] = {"kind": registry.kind, "component": name,
+                                       "param": hp.name, "default": hp.default}
+                candidates = changed_values(hp.annotation, hp.default)
+                keys = list(coverage((name,)))  # its trials with the default
+                for value in candidates:
+                    old = _set_default(registry, name, hp.name, value)
+                    try:
+                        registry.resolve(name, {})
+                        plan = coverage((name,))
+                    except ConfigError:
+                        continue  # out of range: the next candidate
+                    else:
+                        row["changed_to"] = value
+                        current = check.run_accuracy(plan, quiet=True)
+                        # A trial present on one side only (an architecture that now
+                        # builds in another setting) is a mismatch, as in the check.
+                        differing = [k for k in dict.fromkeys([*keys, *plan])
+                                     if check.compare_accuracy(
+                                         {k: reference[k]} if k in keys else {},
+                                         {k: current[k]} if k in current else {})]
+                        row.update(trials=len(keys), trials_differing=len(differing),
+                                   caught=bool(differing))
+                        break
+                    finally:
+                        _set_default(registry, name, hp.name, old)
+                if "changed_to" not in row:
+                    row.update(caught=None, note="default not changed (None, or no valid "
+                               "candidate)" if candidates or hp.default is None else
+                               "no candidate for this type")
+                if row["caught"] is None:
+                    verdict = row["note"]
+                else:
+                    verdict = (f"{'caught' if row['caught'] else 'NOT caught'} "
+                               f"({row['trials_differing']} of {row['trials']} trials differ)")
+                print(f"{registry.kind} {name}.{hp.name}: {hp.default!r} -> "
+                      f"{row.get('changed_to', '-')!r}: {verdict}", flush=True)
+                rows.append(row)
+    tried = [r for r in rows if r["caught"] is not None]
+    summary = {
+        "hyperparameters": len(rows),
+        "changed": len(tried),
+        "caught": sum(bool(r["caught"]) for r in tried),
+        "not_caught": [f"{r['component']}.{r['param']} {r['default']!r} -> {r['changed_to']!r}"
+                       for r in tried if not r["caught"]],
+        "not_changed": [f"{r['component']}.{r['param']} (default {r['default']!r})"
+                        for r in rows if r["caught"] is None],
+        "elapsed_s": time.perf_counter() - start,
+    }
+    return {"summary": summary, "rows": rows}
 
 
 def _median(values: list[float]) -> float | None:

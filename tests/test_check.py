@@ -22,6 +22,7 @@ TINY = [
     "--set", "model.hidden=[8]",
     "--set", "train.epochs=1",
     "--set", "train.batch_size=32",
+    "--coverage", "mgda,hps",  # the coverage sweeps cut to one trial and its baselines
     "--repeats", "4", "--warmup", "1", "--steps", "1",
     "--min-effect", "1000",  # timings never decide a test
 ]
@@ -189,8 +190,10 @@ def test_different_sweep_is_a_usage_error(baseline, capsys):
         ("", "no baseline file"),
         ("{not json", "corrupt baseline (not JSON"),
         ('{"format": "other"}', "not an mtlbench check baseline"),
-        ('{"format": "mtlbench-check-baseline", "version": 1, "accuracy": {}}',
+        ('{"format": "mtlbench-check-baseline", "version": 2, "accuracy": {}}',
          "corrupt baseline (missing or malformed fields)"),
+        ('{"format": "mtlbench-check-baseline", "version": 1}',
+         "baseline version 1, this mtlbench reads version 2"),
     ],
 )
 def test_missing_or_corrupt_baseline_is_one_line_exit_2(plugged, tmp_path, capsys, content,
@@ -232,4 +235,129 @@ def test_committed_baseline_is_readable():
         pytest.skip("no committed baseline")
     data = check.read_baseline(folder)
     assert data["settings"]["preset"] == "check" and data["settings"]["overrides"] == []
+    assert data["settings"]["coverage"]["only"] == []  # every built-in component
     assert not any(data["injected"].values())
+
+
+# ----------------------------------------------------------------------------- coverage
+
+
+def _pairs(plan):
+    return {(t.weighting.name, t.sharing.name) for k, t in plan.items()
+            if k.startswith(check.COVERAGE_PREFIX)}
+
+
+def test_accuracy_part_covers_every_registered_strategy_on_every_architecture():
+    """The default gate runs every built-in strategy on every built-in architecture (stl as
+    the single-task baselines), not the preset's 5 strategies on hard sharing only."""
+    from strategies.sharing import SHARING
+    from strategies.weighting import WEIGHTING
+
+    spec = load_spec(preset="check")
+    coverage = check.coverage_specs("check", [], check.parse_coverage("all"))
+    plan = check.accuracy_plan(spec, coverage)
+    pairs = _pairs(plan)
+    multi_task = [s for s in SHARING.names() if s != "stl"]
+    assert {(w, s) for w in WEIGHTING.names() for s in multi_task} <= pairs
+    assert ("ew", "stl") in pairs
+    assert {s for _, s in pairs} == set(SHARING.names())
+    assert {w for w, _ in pairs} == set(WEIGHTING.names())
+    # Each architecture where it builds: MTAN on the CNN images, landscape on toy2.
+    settings = {t.sharing.name: k.split(":")[0] for k, t in plan.items()
+                if k.startswith(check.COVERAGE_PREFIX)}
+    assert settings["hps"] == "coverage/mlp" and settings["mtan"] == "coverage/cnn"
+    assert settings["landscape"] == "coverage/objective"
+    # Tiny: one seed, a few steps of a few samples each.
+    for _, sweep in coverage:
+        assert sweep.seeds == (0,) and sweep.train.optimizer == "sgd"
+        for ds in sweep.datasets:
+            rows = ds.params.get("num_train", ds.params.get("steps_per_epoch"))
+            assert sweep.train.epochs * -(-rows // sweep.train.batch_size) <= 12
+
+
+@pytest.fixture
+def new_components():
+    """A strategy and an architecture registered as built-in ones (in the project's
+    packages) and one strategy from a plugin module; removed afterwards."""
+    from strategies.sharing import SHARING
+    from strategies.sharing.hps import HardParameterSharing
+    from strategies.weighting import WEIGHTING
+    from strategies.weighting.ew import EqualWeighting
+
+    made = {
+        "weighting": type("Fresh", (EqualWeighting,), {"__module__": "strategies.weighting.fresh"}),
+        "sharing": type("FreshArch", (HardParameterSharing,),
+                        {"__module__": "strategies.sharing.fresh_arch"}),
+        "plugin": type("Plugged", (EqualWeighting,), {"__module__": "my_plugin"}),
+    }
+    WEIGHTING.register("fresh_w")(made["weighting"])
+    SHARING.register("fresh_arch")(made["sharing"])
+    WEIGHTING.register("plugged_w")(made["plugin"])
+    yield made
+    WEIGHTING.unregister("fresh_w")
+    SHARING.unregister("fresh_arch")
+    WEIGHTING.unregister("plugged_w")
+
+
+def test_a_new_component_is_covered_without_editing_a_list(new_components):
+    weighting, sharing = check.coverage_components()
+    assert "fresh_w" in weighting and "fresh_arch" in sharing
+    assert "plugged_w" not in weighting  # plugins are not in the committed baseline
+    assert check.coverage_components(("plugged_w", "hps")) == (["plugged_w"], ["hps"])
+    plan = check.accuracy_plan(load_spec(preset="check"),
+                               check.coverage_specs("check", [], ("fresh_w", "fresh_arch")))
+    assert _pairs(plan) == {("fresh_w", "fresh_arch"), ("ew", "stl")}
+
+
+def test_coverage_option():
+    assert check.parse_coverage("all") == () and check.parse_coverage("none") is None
+    assert check.parse_coverage(" cagrad, hps,cagrad") == ("cagrad", "hps")
+    assert check.coverage_components(("cagrad",))[0] == ["cagrad"]
+    assert "mtan" in check.coverage_components(("cagrad",))[1]  # an unnamed axis stays whole
+    assert check.coverage_components(("hps",))[0] == check.coverage_components()[0]
+    with pytest.raises(check.ConfigError, match="did you mean 'cagrad'"):
+        check.parse_coverage("cagard")
+    assert check.coverage_specs("check", [], None) == []
+
+
+@pytest.fixture
+def cagrad_c(monkeypatch):
+    """Change cagrad's default ``c`` as an edit of strategies/weighting/cagrad.py would
+    (the registry re-reads it on registration); restored afterwards."""
+    from strategies.weighting import WEIGHTING
+    from strategies.weighting.cagrad import CAGrad
+
+    def set_default(value):
+        monkeypatch.setitem(CAGrad.__init__.__kwdefaults__, "c", value)
+        WEIGHTING.unregister("cagrad")
+        WEIGHTING.register("cagrad")(CAGrad)
+        assert WEIGHTING.resolve("cagrad", {})["c"] == value
+
+    yield set_default
+    monkeypatch.undo()
+    WEIGHTING.unregister("cagrad")
+    WEIGHTING.register("cagrad")(CAGrad)
+
+
+def test_changing_cagrad_default_c_fails_the_gate(plugged, tmp_path, capsys, cagrad_c):
+    """Issue 18: cagrad's c 0.5 -> 0.9 passed the gate (cagrad was not in it). Its coverage
+    trial on hard sharing now fails the check; the preset part (ew, mgda) does not hold it."""
+    argv = ["check", "--baseline", str(tmp_path / "b"), *TINY, "--coverage", "cagrad,hps",
+            "--no-speed"]
+    assert cli.main([*argv, "--update"]) == 0
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    cagrad_c(0.9)
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out
+    table = out[out.index("REGRESSIONS"):]
+    assert "coverage/mlp: cagrad hps mmoe_synthetic#0 seed=0: test/" in table
+    assert "ew stl" not in table and "mgda" not in table  # nothing else changed
+
+
+def test_different_coverage_is_a_usage_error(baseline, capsys):
+    argv = ["check", "--baseline", str(baseline), *TINY, "--coverage", "ew,hps"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "different sweep" in err and "--coverage mgda,hps" in err
+    assert len(err.splitlines()) == 1
