@@ -37,6 +37,10 @@ __all__ = [
 AXES = ("dataset", "sharing", "weighting", "seed", "sampling")
 
 _STRICT = pydantic.ConfigDict(extra="forbid", strict=True)
+# Seeds are 0 .. 2**32 - 1: what torch.manual_seed (< 2**64) and NumPy's legacy
+# RandomState (< 2**32) that plugins may use both accept.
+MAX_SEED = 2**32 - 1
+MAX_WEIGHT_DECAY = 10.0
 
 
 class ModelSettings(pydantic.BaseModel):
@@ -59,7 +63,9 @@ class TrainSettings(pydantic.BaseModel):
     model_config = _STRICT
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    # Bounded like lr: beyond it every parameter is wiped out in a step or two (1e308
+    # overflowed to NaN in every trial); a typo, refused before anything runs.
+    weight_decay: Annotated[float, Field(ge=0.0, le=MAX_WEIGHT_DECAY)] = 0.0
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     epochs: Annotated[int, Field(ge=1, le=100_000)] = 10
     # Multi-input data: samples per task per step on average (a step holds batch_size * T).
@@ -130,6 +136,7 @@ class _RawSpec(pydantic.BaseModel):
     # The default run directory is results/<name>: bounded well below a file name's 255.
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
     description: str = ""
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default=[0], min_length=1)
     datasets: list[str | dict[str, Any]] = Field(min_length=1)
     sharing: list[str | dict[str, Any]] = Field(min_length=1)
     weighting: list[str | dict[str, Any]] = Field(min_length=1)

@@ -47,7 +47,7 @@ def import_plugins(plugins: Iterable[str]) -> None:
                 importlib.import_module(plugin)
         except ConfigError:
             raise
-        except Exception as err:
+        except (Exception, SystemExit) as err:  # sys.exit() in a plugin must not end the run
             reason = f"{type(err).__name__}: {err}"
             raise ConfigError(f"plugin {plugin}: import failed: {reason}") from None
         _loaded.add(plugin)

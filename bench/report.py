@@ -885,7 +885,7 @@ def _failed(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None:
         rows.append({"trial_id": rec["id"], "dataset": lab["dataset"],
                      "sharing": lab["sharing"], "weighting": lab["weighting"],
                      "seed": lab["seed"], "status": rec.get("status"),
-                     "error": (err[-1] if err else "")[:200]})
+                     "error": (err[0] if err else "")[:200]})  # its first line, as `run`
     if not rows:
         sec.blocks.append(Block("para", text="All trials finished ok."))
         return

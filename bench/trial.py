@@ -55,11 +55,13 @@ class IncompatibleSpec(ValueError):
 
 
 class Diverged(RuntimeError):
-    """A task loss became NaN or infinite."""
+    """A task loss (or, with ``reason``, the task gradients) became NaN or infinite."""
 
-    def __init__(self, epoch: int, step: int | None = None) -> None:
+    def __init__(self, epoch: int, step: int | None = None, reason: str | None = None) -> None:
         where = f"step {step} (epoch {epoch})" if step is not None else f"epoch {epoch}"
-        super().__init__(f"non-finite training loss at {where}")
+        what = f"non-finite gradients at {where}: {reason}" if reason else \
+            f"non-finite training loss at {where}"
+        super().__init__(what)
         self.epoch = epoch
         self.step = step
 
@@ -267,7 +269,14 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
             batches += [feeder.random_batch() for _ in range(extra_batches)]
             for probe in probes:
                 probe.observe(global_step, model, shared, batches[0], compute_losses)
-            losses = train_step(ctx, batches, compute_losses)
+            try:
+                losses = train_step(ctx, batches, compute_losses)
+            except FloatingPointError as err:
+                # Gradient-based strategies check J (or its Gramian) for NaN/Inf: the same
+                # divergence that loss-based ones show as a non-finite loss.
+                bad = int(first_bad_step)
+                step_at = bad if bad >= 0 else global_step
+                raise Diverged(step_at // steps_per_epoch, step_at, str(err)) from err
             loss_sum += losses
             bad = ~torch.isfinite(losses).all() & (first_bad_step < 0)
             first_bad_step = torch.where(bad, global_step, first_bad_step)
@@ -367,6 +376,10 @@ def execute(spec: TrialSpec, time_limit_s: float | None = None) -> dict[str, Any
         record = failure_record(spec, "timeout", str(err))
     except IncompatibleSpec as err:
         record = failure_record(spec, "error", str(err))
+    except SystemExit as err:  # e.g. a plugin calling sys.exit(): the trial failed, not the sweep
+        record = failure_record(
+            spec, "error", f"SystemExit({err.code!r}): a component called sys.exit() in the trial",
+            traceback=traceback.format_exc())
     except Exception as err:  # a failing trial must not stop the sweep
         status = "oom" if _is_oom(err) else "error"
         record = failure_record(spec, status, f"{type(err).__name__}: {err}",
