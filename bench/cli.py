@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
-from bench.errors import ConfigError
+from bench.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, Interrupted, SweepError
+
+if TYPE_CHECKING:
+    from bench.executors import SweepOutcome
+    from bench.grid import TrialSpec
+    from bench.store import RunStore
 
 __all__ = ["main"]
 
-EXIT_USAGE = 2
+RUN_EXIT_CODES = """exit codes:
+  0    every trial of the sweep has an ok record
+  1    some trial failed (diverged, timeout, oom, error), this run or an earlier one
+       (--retry-failed reruns those); or the sweep could not go on
+  2    unusable input (sweep file, --set, arguments, run directory), nothing run
+  130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM, 129 by SIGHUP: finished
+       trials are kept, running ones stopped; rerun to resume"""
+LISTED_FAILURES = 20  # failed trials named at the end of `run`; the report lists all
 
 PLUGGED_COMMANDS: dict[str, str] = {
     "compare": "bench.compare",
@@ -37,8 +53,14 @@ def _build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument("kind", choices=["weighting", "sharing", "datasets", "sampling", "presets"])
     lst.add_argument("--names", action="store_true", help="bare names, one per line")
+    lst.add_argument("--plugins", nargs="+", action="extend", default=[],
+                     metavar="FILE_OR_MODULE",
+                     help="import these plugins first (.py files or module names), "
+                          "as a sweep's `plugins` key does")
 
-    run = sub.add_parser("run", help="run a sweep (resumes: finished trials are skipped)")
+    run = sub.add_parser("run", help="run a sweep (resumes: finished trials are skipped)",
+                         epilog=RUN_EXIT_CODES,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("spec", nargs="?", help="sweep TOML file")
     run.add_argument("--preset", help="packaged preset (see `mtlbench list presets`)")
     run.add_argument("--out", help="run directory (default: results/<sweep name>)")
@@ -81,10 +103,13 @@ def _dataset_inputs(names: list[str]) -> dict[str, str]:
 def _cmd_list(args: argparse.Namespace) -> int:
     from bench.config import preset_names
     from bench.data import DATASETS
+    from bench.plugins import import_plugins, load_entry_points
     from bench.sampling import SAMPLING
     from strategies.sharing import SHARING
     from strategies.weighting import WEIGHTING
 
+    load_entry_points()  # installed packages' components are listed like built-in ones
+    import_plugins(args.plugins)
     if args.kind == "presets":
         print("\n".join(preset_names()))
         return 0
@@ -132,7 +157,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from bench.config import check_run_dir, load_spec
-    from bench.executors import run_specs
+    from bench.executors import preflight, run_specs
     from bench.grid import expand
     from bench.store import RunStore, print_problems
 
@@ -147,6 +172,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     check_run_dir(out)
     store = RunStore(out)
     sweep = spec.to_dict()
+    overrides = {
+        "kind": args.executor, "workers": args.workers, "ray_address": args.ray_address,
+        "time_limit_s": args.time_limit,
+    }
+    options = dataclasses.replace(
+        spec.executor, **{k: v for k, v in overrides.items() if v is not None}
+    )
+    preflight(trials, options)  # executor, Ray address, devices: before anything is written
     store.check_compatible(sweep)
     try:
         store.write_manifest(sweep, [t.id for t in trials])
@@ -163,13 +196,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print_problems(store.set_aside(), "set aside")
 
     start = time.perf_counter()
-    overrides = {
-        "kind": args.executor, "workers": args.workers, "ray_address": args.ray_address,
-        "time_limit_s": args.time_limit,
-    }
-    options = dataclasses.replace(
-        spec.executor, **{k: v for k, v in overrides.items() if v is not None}
-    )
     outcome = run_specs(
         trials, store, options, retry_failed=args.retry_failed, progress=not args.no_progress
     )
@@ -179,9 +205,64 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{len(outcome.ran)} trials run, {outcome.skipped} already done{busy}, "
         f"{len(outcome.failed)} failed, in {elapsed:.1f} s -> {out}"
     )
-    for trial_id, status in outcome.failed.items():
-        print(f"  {trial_id}: {status}", file=sys.stderr)
-    return 0
+    return _report_failures(outcome, trials, store)
+
+
+def _trial_name(spec: TrialSpec) -> str:
+    from bench.store import weighting_label
+
+    task = f" task={','.join(spec.tasks)}" if spec.is_baseline and spec.tasks else ""
+    return (f"{spec.dataset.name} | {spec.sharing.name} | "
+            f"{weighting_label(spec.to_dict())} | seed {spec.seed}{task}")
+
+
+def _first_error_line(store: RunStore, trial_id: str) -> str:
+    try:
+        error = str(store.read(trial_id).get("error") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return next((line.strip() for line in error.splitlines() if line.strip()), "")[:200]
+
+
+def _report_failures(outcome: SweepOutcome, trials: Sequence[TrialSpec],
+                     store: RunStore) -> int:
+    """Name each failed trial of the sweep on stderr; the exit code of ``run``."""
+    failed = {**outcome.earlier_failed, **outcome.failed}
+    if outcome.earlier_failed:
+        print(f"{len(outcome.earlier_failed)} failed records found from earlier runs "
+              "(not rerun: --retry-failed reruns them)", file=sys.stderr)
+    if not failed:
+        return EXIT_OK
+    by_id = {t.id: t for t in trials}
+    print(f"failed trials ({len(failed)}):", file=sys.stderr)
+    for trial_id, status in list(failed.items())[:LISTED_FAILURES]:
+        error = _first_error_line(store, trial_id)
+        print(f"  {_trial_name(by_id[trial_id])}: {status}{': ' + error if error else ''} "
+              f"[{trial_id}]", file=sys.stderr)
+    if len(failed) > LISTED_FAILURES:
+        print(f"  ... and {len(failed) - LISTED_FAILURES} more (mtlbench report lists all)",
+              file=sys.stderr)
+    return EXIT_FAILED
+
+
+@contextlib.contextmanager
+def _termination_raises() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Interrupted`` in the main thread (as SIGINT raises
+    KeyboardInterrupt), so executors stop their workers on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    signums = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -204,10 +285,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         handlers = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report}
         if args.command in PLUGGED_COMMANDS:
             return importlib.import_module(PLUGGED_COMMANDS[args.command]).main(args)
-        return handlers[args.command](args)
+        with _termination_raises() if args.command == "run" else contextlib.nullcontext():
+            return handlers[args.command](args)
     except ConfigError as err:
         print(f"mtlbench: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("mtlbench: interrupted (finished trials are kept; rerun to resume)", file=sys.stderr)
-        return 130
+    except SweepError as err:
+        print(f"mtlbench: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except (KeyboardInterrupt, Interrupted) as err:
+        code = err.exit_code if isinstance(err, Interrupted) else 128 + signal.SIGINT
+        print(f"mtlbench: interrupted by {err if isinstance(err, Interrupted) else 'SIGINT'} "
+              "(finished trials are kept; rerun to resume)", file=sys.stderr)
+        return code

@@ -32,11 +32,16 @@ __all__ = [
     "SweepOutcome",
     "default_workers",
     "optional_module",
+    "preflight",
     "prepare_worker",
     "run_specs",
 ]
 
 BUSY = "busy"  # claimed by another process running the same run directory
+KINDS = ("inline", "process", "ray", "submitit")
+LOCAL = ("inline", "process")  # trials run on this machine
+CONNECT_TIMEOUT_S = 5.0  # how long a Ray cluster address may take to accept a connection
+RAY_PORTS = {"ray": 10001, "": 6379}  # Ray client (ray://) and GCS default ports
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class SweepOutcome:
     ran: dict[str, str]  # trial id -> status
     skipped: int
     busy: int = 0
+    # Failed records found and not rerun (no ``retry_failed``): trial id -> status.
+    earlier_failed: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> dict[str, str]:
@@ -89,6 +96,65 @@ def optional_module(name: str, executor: str) -> Any:
         raise ConfigError(
             f"executor '{executor}' needs {name}: .venv/bin/pip install -e '.[{executor}]'"
         ) from None
+
+
+def _check_devices(specs: Sequence[TrialSpec]) -> None:
+    """Refuse a ``train.device`` this machine lacks (local executors run trials here)."""
+    import torch
+
+    from bench.environment import resolve_device
+
+    for name in sorted({s.train.get("device", "cpu") for s in specs}):
+        try:
+            device = resolve_device(name)
+            if device.type == "cuda" and device.index >= torch.cuda.device_count():
+                raise RuntimeError(f"only {torch.cuda.device_count()} CUDA device(s) visible")
+        except (RuntimeError, AssertionError) as err:  # torch raises both
+            raise ConfigError(
+                f"train.device = '{name}': {err}; use 'cpu' or 'auto', or an executor that "
+                "runs trials elsewhere (ray, submitit)"
+            ) from None
+
+
+def _check_ray_address(address: str) -> None:
+    """Fail fast when nothing listens at a Ray address (``ray.init`` would wait for minutes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("auto", "local"):
+        return
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "", address
+    try:
+        parts = urlsplit(f"//{rest}")
+        host, port = parts.hostname, parts.port or RAY_PORTS.get(scheme)
+    except ValueError:
+        host = port = None
+    if not host or port is None:
+        raise ConfigError(f"ray address '{address}': expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(
+            f"ray address '{address}': nothing answers at {host}:{port} ({reason}); start the "
+            "cluster (ray start --head) or leave the address out for a local Ray"
+        ) from None
+
+
+def preflight(specs: Sequence[TrialSpec], options: ExecutorOptions) -> None:
+    """Check, before anything is written or run, that ``options`` can run ``specs`` here:
+    the executor exists and its dependency imports, a Ray address answers, and (local
+    executors) every ``train.device`` exists. Raises a one-line ``ConfigError``."""
+    if options.kind not in KINDS:
+        raise ConfigError(f"unknown executor '{options.kind}'; known: {', '.join(KINDS)}")
+    if options.kind in ("ray", "submitit"):
+        optional_module(options.kind, options.kind)
+    if options.kind == "ray" and options.ray_address:
+        _check_ray_address(options.ray_address)
+    if options.kind in LOCAL:
+        _check_devices(specs)
 
 
 def default_workers() -> int:
@@ -126,16 +192,22 @@ def run_specs(
     from tqdm import tqdm
 
     options = options or ExecutorOptions()
+    preflight(specs, options)
+
+    earlier_failed: dict[str, str] = {}
 
     def pending(spec: TrialSpec) -> bool:
         status = store.status(spec.id)
+        if status not in (None, "ok") and not retry_failed:
+            earlier_failed[spec.id] = status
         # A failed record is taken under the trial's lock, so a concurrent sweep that
         # also retries skips it (each failed trial reruns once).
         return status is None or (retry_failed and status != "ok"
                                   and store.take_for_retry(spec.id))
 
     todo = [s for s in specs if pending(s)]
-    outcome = SweepOutcome(ran={}, skipped=len(specs) - len(todo))
+    outcome = SweepOutcome(ran={}, skipped=len(specs) - len(todo),
+                           earlier_failed=earlier_failed)
     bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=not progress,
                dynamic_ncols=True)
 
@@ -162,12 +234,10 @@ def run_specs(
             from bench.executors.ray_executor import run_ray
 
             run_ray(todo, store, options, done)
-        elif options.kind == "submitit":
+        else:
             from bench.executors.submitit_executor import run_submitit
 
             run_submitit(todo, store, options, done)
-        else:
-            raise ValueError(f"unknown executor '{options.kind}'")
     finally:
         bar.close()
     return outcome

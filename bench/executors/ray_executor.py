@@ -66,13 +66,19 @@ def run_ray(
                 ref = remote.remote(spec.to_dict(), options.time_limit_s,
                                     tuple(options.plugins), threads)
                 pending[ref] = spec.id
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    pending.pop(ref)
-                    record = ray.get(ref)
-                    store.write(record)
-                    done(record["id"], record["status"])
+            try:
+                while pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in ready:
+                        pending.pop(ref)
+                        record = ray.get(ref)
+                        store.write(record)
+                        done(record["id"], record["status"])
+            except BaseException:  # interrupted: stop what still runs on the cluster
+                for ref in pending:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
+                raise
     finally:
         if started_here:
             ray.shutdown()

@@ -51,12 +51,19 @@ def run_submitit(
             [tuple(options.plugins)] * n,
             [1] * n,
         )
-        for job, spec in zip(jobs, mine, strict=True):
-            try:
-                record = job.result()
-            except Exception as err:  # the job itself died (killed, node failure)
-                from bench.trial import failure_record
+        try:
+            for job, spec in zip(jobs, mine, strict=True):
+                try:
+                    record = job.result()
+                except Exception as err:  # the job itself died (killed, node failure)
+                    from bench.trial import failure_record
 
-                record = failure_record(spec, "error", f"submitit job failed: {err}")
-            store.write(record)
-            done(record["id"], record["status"])
+                    record = failure_record(spec, "error", f"submitit job failed: {err}")
+                store.write(record)
+                done(record["id"], record["status"])
+        except BaseException:  # interrupted: cancel the jobs that have not finished
+            for job in jobs:
+                with contextlib.suppress(Exception):
+                    if not job.done():
+                        job.cancel(check=False)
+            raise
