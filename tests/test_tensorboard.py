@@ -315,6 +315,44 @@ def test_tensorboard_stops_cleanly_on_ctrl_c(run):
     assert "Traceback" not in err
 
 
+def test_tensorboard_follows_a_run_in_progress(tmp_path):
+    """Served before a trial writes anything, it shows the trial and each new epoch."""
+    (tmp_path / "sweep.toml").write_text(SWEEP, "utf-8")
+    sweep = load_spec(tmp_path / "sweep.toml")
+    out = tmp_path / "run"
+    trials = tensorboard.attach(expand(sweep), sweep.tensorboard, out)
+    tensorboard.write_experiment(out, trials)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "tensorboard", str(out), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        assert url in proc.stdout.readline()
+        _wait_for(lambda: _get(url + "data/plugin/hparams/experiment",
+                               {"experimentName": ""})["hparamInfos"], "the experiment")
+        spec = next(t for t in trials if t.weighting.name == "mgda")
+        log = tensorboard.TrialLogger(spec.tensorboard, spec)
+        log.begin(TASKS)
+        name = tensorboard.run_names(trials)[spec.id]
+        query = urllib.parse.urlencode({"run": name, "tag": "val/mean_loss"})
+
+        def points():
+            return _get(url + f"data/plugin/scalars/scalars?{query}")
+
+        for epoch in range(2):  # the trial's epochs, as the loop writes them
+            entry = {"epoch": epoch, "train_loss": dict.fromkeys(TASKS, 1.0),
+                     "val": {t: {"loss": 0.5 - 0.1 * epoch} for t in TASKS}}
+            log.end_epoch(4 * (epoch + 1), entry, 1e-3)
+            _wait_for(lambda n=epoch + 1: points() if len(points()) == n else None,
+                      f"epoch {epoch}", attempts=480)
+        log.close()
+        assert [p[1] for p in points()] == [4, 8]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_port_in_use_is_a_one_line_error(run, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
