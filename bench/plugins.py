@@ -14,10 +14,11 @@ import sys
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from bench.errors import ConfigError
 
-__all__ = ["import_plugins", "load_entry_points"]
+__all__ = ["import_plugins", "import_run_plugins", "load_entry_points"]
 
 _loaded: set[str] = set()
 
@@ -59,3 +60,20 @@ def load_entry_points() -> None:
         if ep.value not in _loaded:
             ep.load()
             _loaded.add(ep.value)
+
+
+def import_run_plugins(manifest: dict[str, Any] | None) -> None:
+    """Import the plugins of a run's sweep (its manifest's ``sweep.plugins``), so that
+    reports label their components like built-in ones (name plus the hyperparameters
+    that differ from their defaults). A plugin that no longer imports is named in a note
+    on stderr; its components' labels then show every hyperparameter."""
+    plugins = ((manifest or {}).get("sweep") or {}).get("plugins") or []
+    for plugin in plugins:
+        if not isinstance(plugin, str) or plugin in _loaded:
+            continue
+        try:
+            import_plugins([plugin])
+        except ConfigError as err:
+            print(f"note: {err}; labels of its components show every hyperparameter",
+                  file=sys.stderr)
+            _loaded.add(plugin)  # noted once per process

@@ -302,6 +302,10 @@ class RunStore:
                 problems.append(RecordProblem(path, reason, rerun))
             else:
                 records.append(rec)
+        # Registered plugin components get labels without their defaults (see frame).
+        from bench.plugins import import_run_plugins
+
+        import_run_plugins(manifest)
         return Scan(records, problems, manifest)
 
     def records(self) -> Iterator[dict[str, Any]]:

@@ -135,7 +135,11 @@ def names() -> list[str]:
 
 @lru_cache(maxsize=8)
 def _load_cached(name: str, frozen_params: tuple[tuple[str, Any], ...]) -> AnyDataset:
-    return DATASETS.create(name, **dict(frozen_params))
+    from bench.data._checks import check_dataset
+
+    dataset = DATASETS.create(name, **dict(frozen_params))
+    check_dataset(name, dataset)  # a label unlike its task fails here, not mid-sweep
+    return dataset
 
 
 def load(name: str, **params: Any) -> AnyDataset:
