@@ -217,11 +217,12 @@ def _trial_name(spec: TrialSpec) -> str:
 
 
 def _first_error_line(store: RunStore, trial_id: str) -> str:
+    from bench.errors import error_summary
+
     try:
-        error = str(store.read(trial_id).get("error") or "")
+        return error_summary(store.read(trial_id).get("error"))
     except (OSError, ValueError, AttributeError):
         return ""
-    return next((line.strip() for line in error.splitlines() if line.strip()), "")[:200]
 
 
 def _report_failures(outcome: SweepOutcome, trials: Sequence[TrialSpec],

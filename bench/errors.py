@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "Interrupted",
     "SweepError",
+    "error_summary",
 ]
 
 EXIT_OK = 0  # every trial ok (or, for `check`, the gate passed)
@@ -45,3 +46,13 @@ class Interrupted(BaseException):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def error_summary(error: object, limit: int = 200) -> str:
+    """The line of a trial's ``error`` that says what went wrong: its first line, or the
+    last one when it holds a whole traceback (whose first line names nothing)."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    return line[:limit]

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bench import analysis, curves, store, tensorboard
-from bench.errors import ConfigError
+from bench.errors import ConfigError, error_summary
 from bench.probes import AUTO_PROBES, MIN_PROBED_STEPS
 from bench.tasks import HIGHER_IS_BETTER
 from bench.timing import SPREAD_FLAG, relative_spread
@@ -881,11 +881,10 @@ def _failed(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None:
         if rec.get("status") == "ok" or rec.get("id") not in labels.index:
             continue
         lab = labels.loc[rec["id"]]
-        err = str(rec.get("error") or "").strip().splitlines()
         rows.append({"trial_id": rec["id"], "dataset": lab["dataset"],
                      "sharing": lab["sharing"], "weighting": lab["weighting"],
                      "seed": lab["seed"], "status": rec.get("status"),
-                     "error": (err[0] if err else "")[:200]})  # its first line, as `run`
+                     "error": error_summary(rec.get("error"))})  # as `run` names it
     if not rows:
         sec.blocks.append(Block("para", text="All trials finished ok."))
         return

@@ -376,3 +376,13 @@ def test_run_specs_interrupted_by_ctrl_c_leaves_no_worker(tmp_path, write_spec, 
                   on_done=stop)
     assert started and not any(_alive(pid) for pid in started)
     assert len(list(store.trials_dir.glob("*.json"))) <= 2
+
+
+def test_error_summary_names_what_went_wrong():
+    from bench.errors import error_summary
+
+    assert error_summary("TrialTimeout: time limit\nmore detail") == "TrialTimeout: time limit"
+    tb = "Traceback (most recent call last):\n  File 'x.py', line 1\nRuntimeError: boom"
+    assert error_summary(tb) == "RuntimeError: boom"  # a whole traceback: its last line
+    assert error_summary(None) == "" and error_summary("  \n") == ""
+    assert len(error_summary("x" * 500)) == 200
