@@ -386,3 +386,26 @@ def test_error_summary_names_what_went_wrong():
     assert error_summary(tb) == "RuntimeError: boom"  # a whole traceback: its last line
     assert error_summary(None) == "" and error_summary("  \n") == ""
     assert len(error_summary("x" * 500)) == 200
+
+
+def test_workers_that_cannot_start_stop_the_sweep_with_one_line(tmp_path):
+    (tmp_path / "parent_only.py").write_text(
+        "import multiprocessing\n"
+        "if multiprocessing.current_process().name.startswith('mtlbench-worker'):\n"
+        "    raise RuntimeError('not in a worker')\n")
+    (tmp_path / "sweep.toml").write_text(textwrap.dedent(f"""
+        name = "nostart"
+        plugins = ["parent_only.py"]
+        seeds = [0]
+        {DATA}
+        sharing = ["hps"]
+        weighting = ["ew"]
+    """))
+    proc = _cli("run", "sweep.toml", "--out", str(tmp_path / "run"), "--workers", "2",
+                "--no-progress", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("mtlbench: error: worker set-up failed: ConfigError: plugin ")
+    assert lines[-1].endswith("import failed: RuntimeError: not in a worker"), lines
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "run" / "trials").glob("*.json"))
