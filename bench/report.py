@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import analysis, curves, store, tensorboard
+from bench import analysis, curves, recommend, store, tensorboard
 from bench.errors import ConfigError, error_summary
 from bench.probes import AUTO_PROBES, MIN_PROBED_STEPS
 from bench.tasks import HIGHER_IS_BETTER
@@ -435,6 +435,7 @@ def _results(doc: _Doc, tidy: pd.DataFrame, cells: pd.DataFrame, summary: pd.Dat
         ds = str(dataset)
         sec.blocks.append(Block("heading", text=ds))
         display, raw = _dataset_table(group, cells[cells["dataset"] == dataset])
+        display, raw = recommend.mark_best(display, raw)  # best first, marked
         if display.empty:
             sec.blocks.append(Block("note", text="(no finished trial)"))
         else:
@@ -1027,6 +1028,7 @@ def write_report(run_dir: str | Path) -> Path:
     description = str(sweep.get("description") or "")
 
     doc = _Doc(run_dir)
+    recommend.section(doc, cells, tidy, intervals)  # first: the practitioner's answer
     _overview(doc, run_dir, tidy, labels, sweep)
     _results(doc, tidy, cells, summary, _weights(records, labels))
     curves.section(doc, records, labels)
