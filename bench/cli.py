@@ -48,6 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mtlbench", description="Benchmark multi-task learning strategies.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     lst = sub.add_parser("list", help="list registered components")
@@ -74,6 +75,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true",
                      help="rerun trials whose record is not 'ok'")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the trial count (multi-task, baselines) and a time estimate "
+                          "from step times measured here; run nothing, write nothing")
 
     rep = sub.add_parser("report", help="write the report of a run directory")
     rep.add_argument("run_dir")
@@ -83,6 +87,18 @@ def _build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         mod.add_arguments(sub.add_parser(name, help=mod.HELP))
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version, else the source tree's."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("mtlbench")
+    except metadata.PackageNotFoundError:
+        from bench import __version__
+
+        return __version__
 
 
 def _dataset_inputs(names: list[str]) -> dict[str, str]:
@@ -111,7 +127,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     load_entry_points()  # installed packages' components are listed like built-in ones
     import_plugins(args.plugins)
     if args.kind == "presets":
-        print("\n".join(preset_names()))
+        if args.names:
+            print("\n".join(preset_names()))
+            return 0
+        from bench.dryrun import preset_rows
+
+        print(tabulate(preset_rows(), headers=["name", "description", "trials",
+                                               "measured run time"],
+                       maxcolwidths=[None, 70, None, 40]))
         return 0
     registry = {"weighting": WEIGHTING, "sharing": SHARING, "datasets": DATASETS,
                 "sampling": SAMPLING}[args.kind]
@@ -168,6 +191,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Everything is validated (and the grid built) before anything is written.
     spec = load_spec(args.spec, preset=args.preset, overrides=args.overrides)
     trials = expand(spec)
+    if args.dry_run:  # before the run directory is even checked: nothing is written
+        from bench.dryrun import summary
+        from bench.executors import default_workers
+
+        inline = (args.executor or spec.executor.kind) == "inline"
+        workers = 1 if inline else args.workers or max(
+            1, default_workers() // spec.train.threads)
+        print(summary(spec, trials, workers))
+        return EXIT_OK
     out = Path(args.out) if args.out else Path("results") / spec.name
     check_run_dir(out)
     store = RunStore(out)

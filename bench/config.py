@@ -136,6 +136,10 @@ class _RawSpec(pydantic.BaseModel):
     # The default run directory is results/<name>: bounded well below a file name's 255.
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
     description: str = ""
+    # Wall time of `mtlbench run` on this sweep as measured (seconds), and how (machine,
+    # its load, command): what `mtlbench list presets` shows. In no trial id or manifest.
+    measured_run_s: Annotated[float, Field(ge=0)] | None = None
+    measured_on: str = ""
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default=[0], min_length=1)
     datasets: list[str | dict[str, Any]] = Field(min_length=1)
     sharing: list[str | dict[str, Any]] = Field(min_length=1)
