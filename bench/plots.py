@@ -111,9 +111,10 @@ def _legend_w(labels: Sequence[object]) -> float:
     return _text_w(labels, 7.0) + 0.55
 
 
-def _legend(fig: Figure, handles: list, labels: list[str], width: float) -> None:
-    fig.legend(handles, labels, loc="center left", fontsize=7, frameon=False,
-               bbox_to_anchor=(1.0 - width / fig.get_figwidth(), 0.5))
+def _legend(fig: Figure, handles: list, labels: list[str], width: float,
+            title: str | None = None) -> None:
+    fig.legend(handles, labels, loc="center left", fontsize=7, frameon=False, title=title,
+               title_fontsize=7, bbox_to_anchor=(1.0 - width / fig.get_figwidth(), 0.5))
 
 
 def save(fig: Figure, plots_dir: Path, name: str) -> bytes:
@@ -148,7 +149,7 @@ def delta_m_heatmap(cells: pd.DataFrame) -> Figure | None:
             annot.loc[r, c] = "" if pd.isna(m) else f"{m:.1f}{'*' if sig else ''}"
     limit = float(np.nanmax(np.abs(mean.to_numpy()))) or 1.0
     ylabels = [_short(r) for r in mean.index]
-    xlabels = [_short(c, 25) for c in mean.columns]
+    xlabels = [_t(c) for c in mean.columns]  # whole: cut labels can collide
     with theme():
         fig, (ax,) = _grid(1, 1, 1.1 * mean.shape[1] + 1.2, 0.35 * mean.shape[0] + 0.2,
                            left=_text_w(ylabels) + 0.3, bottom=_text_w(xlabels) * 0.5 + 0.4,
@@ -350,8 +351,9 @@ def throughput(trials: pd.DataFrame) -> Figure | None:
         return None
     med = data.groupby(["dataset", "strategy"], sort=False)["samples_per_s"].median()
     med = med.reset_index()
-    med["dataset"] = med["dataset"].map(lambda s: _short(s, 30))
-    med["strategy"] = med["strategy"].map(_short)
+    med["dataset"] = med["dataset"].map(_t)  # whole: cut labels can collide
+    med["strategy"] = med["strategy"].map(_t)
+    med = med.sort_values(["strategy", "dataset"], kind="stable")
     with theme():
         n = med["strategy"].nunique()
         fig, (ax,) = _grid(1, 1, 5.5, 0.25 * n * max(1, med["dataset"].nunique()) ** 0.5 + 0.4,
@@ -435,12 +437,13 @@ def weights_over_training(weights: pd.DataFrame, title: str) -> Figure | None:
     """Task weights per epoch (mean over seeds), one panel per strategy."""
     if weights.empty:
         return None
-    strategies = sorted(dict.fromkeys(weights["strategy"]))[:12]
+    strategies = sorted(dict.fromkeys(weights["strategy"]))
     tasks = list(dict.fromkeys(weights["task"]))
     colors = dict(zip(tasks, _palette(len(tasks)), strict=True))
     with theme():
         lw = _legend_w(tasks)
-        fig, axes = _grid(len(strategies), 3, 2.8, 1.9, legend=lw, top=0.7, hspace=0.7)
+        fig, axes = _grid(len(strategies), 3, 2.8, 1.9, legend=lw, top=0.7, hspace=0.7,
+                          sharey=True)
         for ax, strategy in zip(axes, strategies, strict=True):
             sub = weights[weights["strategy"] == strategy]
             mean = sub.groupby(["task", "epoch"])["weight"].mean()
@@ -452,7 +455,7 @@ def weights_over_training(weights: pd.DataFrame, title: str) -> Figure | None:
             ax.set_xlabel("epoch")
             ax.set_ylabel("weight")
         handles = [Line2D([], [], color=colors[t]) for t in tasks]
-        _legend(fig, handles, [_t(t) for t in tasks], lw)
+        _legend(fig, handles, [_t(t) for t in tasks], lw, title="task")
         fig.suptitle(_t(title), fontsize=9)
     return fig
 
@@ -466,7 +469,7 @@ def _matrix_panels(matrices: dict[str, pd.DataFrame], title: str, cbar: str, *,
     matrices = {k: m for k, m in matrices.items() if not m.empty}
     if not matrices:
         return None
-    names = list(matrices)[:9]
+    names = sorted(matrices)  # every strategy, in the same order in every figure
     size = max(m.shape[0] for m in matrices.values())
     tick_w = _text_w([_short(t, 14) for m in matrices.values() for t in m.index])
     with theme():
@@ -556,7 +559,7 @@ def cosine_over_steps(cosines: pd.DataFrame, title: str) -> Figure | None:
     per strategy."""
     if cosines.empty:
         return None
-    strategies = list(dict.fromkeys(cosines["strategy"]))[:9]
+    strategies = sorted(dict.fromkeys(cosines["strategy"]))
     pairs = list(dict.fromkeys(cosines["pair"]))
     colors = dict(zip(pairs, _palette(len(pairs)), strict=True))
     pair_labels = [_short(p, 30) for p in pairs]
@@ -586,7 +589,7 @@ def expert_utilisation(matrices: dict[str, pd.DataFrame], title: str) -> Figure 
     matrices = {k: m for k, m in matrices.items() if not m.empty}
     if not matrices:
         return None
-    names = list(matrices)[:9]
+    names = sorted(matrices)
     with theme():
         n_exp = max(m.shape[1] for m in matrices.values())
         n_task = max(m.shape[0] for m in matrices.values())
