@@ -295,6 +295,17 @@ def _trial_columns(trials: pd.DataFrame, row: dict, r: dict) -> None:
              seeds=row["seeds"], last_epoch_best=last, trials=len(conv))
 
 
+_NO_SEEDS = pd.Series(dtype=float)
+
+
+def _per_seed(rows: pd.DataFrame, keys: list[str]) -> dict[tuple, pd.Series]:
+    """``rows``' first value per seed (a Series by seed) for each combination of ``keys``."""
+    values = rows.groupby([*keys, "seed"], sort=False)["value"].first()
+    levels = list(range(len(keys)))
+    return {key: group.droplevel(levels)
+            for key, group in values.groupby(level=levels, sort=False)}
+
+
 def _dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Display and raw tables of one dataset: one row per (sharing, weighting) and one for
     the single-task baselines."""
@@ -303,17 +314,22 @@ def _dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFram
     primary = {t: _primary_metric(test, t) for t in tasks}
     rows, raw = [], []
     mtl = test[test["baseline_id"].notna()]
+    # Each row's per-seed values from one groupby, its Δm from one dict: filtering the
+    # frame per row and task was most of a 10,000-trial report's time.
+    prim = test[test["metric"] == test["task"].map(primary)]
+    mtl_seeds = _per_seed(prim[prim["baseline_id"].notna()], ["sharing", "weighting", "task"])
+    base_seeds = _per_seed(prim[prim["baseline_task"].notna()], ["weighting", "task"])
+    cell_of = cells.drop_duplicates(["sharing", "weighting"]).set_index(
+        ["sharing", "weighting"]).to_dict("index")
     for (sharing, weighting), group in mtl.groupby(["sharing", "weighting"], sort=True):
         row = {"sharing": sharing, "weighting": weighting}
         r = {"sharing": sharing, "weighting": weighting}
         for t in tasks:
-            per_seed = group[(group["task"] == t) & (group["metric"] == primary[t])]
-            per_seed = per_seed.groupby("seed")["value"].first()
+            per_seed = mtl_seeds.get((sharing, weighting, t), _NO_SEEDS)
             row[f"{t} {primary[t]}"] = _pm(per_seed)
             r[f"{t}_{primary[t]}_mean"] = per_seed.mean()
             r[f"{t}_{primary[t]}_std"] = per_seed.std(ddof=1)
-        c = cells[(cells["sharing"] == sharing) & (cells["weighting"] == weighting)]
-        c = c.iloc[0] if not c.empty else None
+        c = cell_of.get((sharing, weighting))
         for name, head in (("delta_m_task", "Δm task ↑ (%)"), ("delta_m_metric",
                                                                "Δm metric ↓ (%)")):
             vals = (c[name], c[f"{name}_low"], c[f"{name}_high"]) if c is not None else (
@@ -329,8 +345,7 @@ def _dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFram
         row = {"sharing": "stl (baselines)", "weighting": label if len(recipes) > 1 else "—"}
         r = {"sharing": "stl", "weighting": label}
         for t in tasks:
-            per_seed = base[(base["task"] == t) & (base["metric"] == primary[t])]
-            per_seed = per_seed.groupby("seed")["value"].first()
+            per_seed = base_seeds.get((label, t), _NO_SEEDS)
             row[f"{t} {primary[t]}"] = _pm(per_seed)
             r[f"{t}_{primary[t]}_mean"] = per_seed.mean()
             r[f"{t}_{primary[t]}_std"] = per_seed.std(ddof=1)
@@ -342,10 +357,10 @@ def _dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFram
     return pd.DataFrame(rows), pd.DataFrame(raw)
 
 
-def _row_label(row: pd.Series) -> str:
-    if pd.notna(row["baseline_task"]):
-        return f"stl (baseline: {row['baseline_task']})"
-    return analysis.strategy_label(row["sharing"], row["weighting"])
+def _row_label(sharing: str, weighting: str, baseline_task: Any) -> str:
+    if pd.notna(baseline_task):
+        return f"stl (baseline: {baseline_task})"
+    return analysis.strategy_label(sharing, weighting)
 
 
 def _dataset_notes(tidy: pd.DataFrame, display: pd.DataFrame) -> list[Block]:
@@ -355,7 +370,9 @@ def _dataset_notes(tidy: pd.DataFrame, display: pd.DataFrame) -> list[Block]:
     conv = analysis.convergence(tidy)
     last = conv[conv["last_epoch_best"]]
     if not last.empty:
-        conv["label"] = conv.apply(_row_label, axis=1)
+        conv["label"] = [_row_label(*v) for v in  # not .apply(axis=1): 10k trials
+                         zip(conv["sharing"], conv["weighting"], conv["baseline_task"],
+                             strict=True)]
         counts = conv.groupby("label", sort=True)["last_epoch_best"].agg(["sum", "size"])
         counts = counts[counts["sum"] > 0]
         epochs = sorted({int(e) for e in last["epochs"]})
