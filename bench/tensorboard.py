@@ -435,17 +435,21 @@ def main(args: argparse.Namespace) -> int:
                           "sweep run with tensorboard.enabled = false?)")
     if args.port is not None and not 0 < args.port < 65536:
         raise ConfigError("--port: must be 1..65535")
-    from tensorboard import program
+    import warnings
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per HTTP request
     port = args.port or _free_port()
-    board = program.TensorBoard()
-    board.configure(logdir=str(logdir.resolve()), host="127.0.0.1", port=port,
-                    reload_interval=RELOAD_S, reload_multifile=True, load_fast="false")
-    try:
-        url = board.launch()
-    except program.TensorBoardServerException as err:
-        raise ConfigError(f"--port {port}: {err.msg}") from None
+    with warnings.catch_warnings():  # its vendored html5lib's deprecation, not ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from tensorboard import program
+
+        board = program.TensorBoard()
+        board.configure(logdir=str(logdir.resolve()), host="127.0.0.1", port=port,
+                        reload_interval=RELOAD_S, reload_multifile=True, load_fast="false")
+        try:
+            url = board.launch()
+        except program.TensorBoardServerException as err:
+            raise ConfigError(f"--port {port}: {err.msg}") from None
     print(f"TensorBoard for {args.run_dir} at {url} (Ctrl-C stops it)", flush=True)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
