@@ -171,6 +171,11 @@ def trial_summary(
 # --------------------------------------------------------------------------- intervals
 
 
+def _finite_values(values: Sequence[float] | np.ndarray | pd.Series) -> np.ndarray:
+    """The values as a float array, NaN dropped (one per seed)."""
+    return np.asarray(pd.Series(values, dtype=float).dropna(), dtype=float)
+
+
 def bootstrap_ci(
     values: Sequence[float] | np.ndarray | pd.Series,
     *,
@@ -180,12 +185,10 @@ def bootstrap_ci(
 ) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean of ``values`` (one per seed, NaN dropped) and its
     percentile-bootstrap interval. Fewer than 2 values give NaN bounds."""
-    x = np.asarray(pd.Series(values, dtype=float).dropna(), dtype=float)
-    if x.size == 0:
-        return (np.nan, np.nan, np.nan)
-    mean = float(x.mean())
+    x = _finite_values(values)
     if x.size < 2:
-        return (mean, np.nan, np.nan)
+        return (float(x.mean()) if x.size else np.nan, np.nan, np.nan)
+    mean = float(x.mean())
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
     alpha = (1.0 - level) / 2.0
@@ -199,12 +202,10 @@ def t_interval(
     """``(mean, low, high)``: the mean of ``values`` (one per seed, NaN dropped) and its
     Student-t interval, ``mean ± t_{n-1} s / sqrt(n)``. Fewer than 2 values give NaN
     bounds; values without spread give a degenerate interval."""
-    x = np.asarray(pd.Series(values, dtype=float).dropna(), dtype=float)
-    if x.size == 0:
-        return (np.nan, np.nan, np.nan)
-    mean = float(x.mean())
+    x = _finite_values(values)
     if x.size < 2:
-        return (mean, np.nan, np.nan)
+        return (float(x.mean()) if x.size else np.nan, np.nan, np.nan)
+    mean = float(x.mean())
     sem = float(x.std(ddof=1)) / np.sqrt(x.size)
     half = float(stats.t.ppf(0.5 + level / 2.0, x.size - 1)) * sem
     return (mean, mean - half, mean + half)

@@ -22,7 +22,7 @@ lr = 0.01
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_spec() -> str:
     """The text of a tiny, fast sweep (one synthetic dataset, ew + mgda, two seeds)."""
     return TINY_SPEC

@@ -88,29 +88,14 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
 
 # ----------------------------------------------------------- damaged or shared run directories
 
-TINY = """
-name = "tiny"
-seeds = [0, 1]
-datasets = [{ name = "mmoe_synthetic", num_train = 256, num_val = 64, num_test = 64, input_dim = 16 }]
-sharing = ["hps"]
-weighting = ["ew", "mgda"]
-
-[model]
-hidden = [16]
-
-[train]
-epochs = 2
-batch_size = 64
-lr = 0.01
-"""
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> tuple[Path, Path]:
+def finished(tmp_path_factory, tiny_spec) -> tuple[Path, Path]:
     """A finished tiny run (8 ok trials) and its sweep file; copy it before damaging it."""
     root = tmp_path_factory.mktemp("finished")
     spec = root / "sweep.toml"
-    spec.write_text(TINY)
+    spec.write_text(tiny_spec)
     run = root / "run"
     assert main(["run", str(spec), "--out", str(run), "--executor", "inline",
                  "--no-progress"]) == 0
@@ -241,7 +226,7 @@ def test_two_sweeps_run_each_failing_trial_once(tmp_path, write_spec, monkeypatc
     trials time out. Each trial must run once in all (not once per sweep)."""
     import bench.trial
 
-    trials = expand(load_spec(write_spec(TINY)))
+    trials = expand(load_spec(write_spec()))
     store = RunStore(tmp_path / "run")
     failing = ExecutorOptions(kind="inline", time_limit_s=1e-9)
     if retry_failed:  # every trial already has a failed record to retry
