@@ -89,12 +89,15 @@ def test_engines_refuse_strategies_they_cannot_serve():
             return jacobian.sum(0)
 
     with pytest.raises(ValueError, match="engine 'gramian' needs"):
-        ENGINES["gramian"]().check(NotGramian, SHARING.get("hps"))
+        ENGINES["gramian"]().require_support(NotGramian, SHARING.get("hps"))
     with pytest.raises(ValueError, match="engine 'autogram' needs"):
-        ENGINES["autogram"]().check(NotGramian, SHARING.get("hps"))
+        ENGINES["autogram"]().require_support(NotGramian, SHARING.get("hps"))
     with pytest.raises(ValueError, match="engine 'rep' is not defined"):
-        ENGINES["rep"]().check(NotGramian, SHARING.get("hps"))
+        ENGINES["rep"]().require_support(NotGramian, SHARING.get("hps"))
     NotGramian.supports_rep = True
+    with pytest.raises(ValueError, match="has none"):
+        ENGINES["rep"]().require_support(NotGramian, SHARING.get("stl"))
+    # The old name still works: the read-only shared/tools/peer_speed.py calls it.
     with pytest.raises(ValueError, match="has none"):
         ENGINES["rep"]().check(NotGramian, SHARING.get("stl"))
 
@@ -242,7 +245,8 @@ def test_head_gradients_follow_the_method_unless_the_sweep_overrides():
 
 from torch import nn  # noqa: E402
 
-from bench.engine import _LAYER_TAPS, NullTimer  # noqa: E402
+from bench.engine import NullTimer  # noqa: E402
+from bench.engine.autogram import _LAYER_TAPS  # noqa: E402
 
 
 class _InverseNorms(GramianWeighting):
@@ -427,7 +431,7 @@ def test_every_gramian_strategy_trains_with_the_autogram_engine(name):
     strat = weighting.get(name)
     strat.reset(len(tasks), torch.device("cpu"), seed=0)
     engine = ENGINES["autogram"]()
-    engine.check(type(strat), type(model))
+    engine.require_support(type(strat), type(model))
     shared = model.shared_parameters()
     ids = {id(p) for p in shared}
     ctx = StepContext(model, strat, engine,
