@@ -229,7 +229,7 @@ def _check_compatible(spec: TrialSpec, source: str, checked: set[tuple[str, ...]
     if strategy.needs != "jacobian":
         return
     try:
-        ENGINES[spec.train["engine"]]().check(strategy, SHARING.get(spec.sharing.name))
+        ENGINES[spec.train["engine"]]().require_support(strategy, SHARING.get(spec.sharing.name))
     except ValueError as err:
         raise ConfigError(f"{source}: train.engine: {err}") from None
 

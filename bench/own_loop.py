@@ -130,7 +130,7 @@ class MTLBackward:
         )
         if isinstance(strategy, GradientWeighting):
             try:
-                self.ctx.engine.check(type(strategy), type(model))
+                self.ctx.engine.require_support(type(strategy), type(model))
             except ValueError as err:
                 raise ValueError(str(err)) from None
             if shared_list:

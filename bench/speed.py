@@ -234,7 +234,7 @@ def build_cells(
             cell_engines = []
             for name in engines:
                 try:
-                    ENGINES[name]().check(strategy_cls, sharing_cls)
+                    ENGINES[name]().require_support(strategy_cls, sharing_cls)
                 except ValueError as err:
                     notes.append(f"skipped {strategy.name} x {name} x {sharing.name}: {err}")
                     continue

@@ -220,7 +220,7 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
     engine = ENGINES[train["engine"]]()
     if strategy.needs == "jacobian":
         try:
-            engine.check(type(strategy), type(model))
+            engine.require_support(type(strategy), type(model))
         except ValueError as err:
             raise IncompatibleSpec(str(err)) from None
     shared = model.shared_parameters()

@@ -217,7 +217,7 @@ def test_representation_carries_every_shared_gradient(name):
 
     model = _build(name, MLP_SHAPE, MLP)
     engine = ENGINES["rep"]()
-    engine.check(SumRep, type(model))
+    engine.require_support(SumRep, type(model))
     x = _x(MLP_SHAPE, 16)
     out = model(x)
     losses = torch.stack([out[t.name].square().mean() for t in TASKS])
@@ -290,7 +290,7 @@ def test_every_architecture_trains_with_every_strategy(arch, strat):
     strategy.reset(len(TASKS), torch.device("cpu"), seed=0)
     engine = ENGINES["loop"]()
     if strategy.needs == "jacobian":
-        engine.check(type(strategy), type(model))
+        engine.require_support(type(strategy), type(model))
     shared = model.shared_parameters()
     shared_ids = {id(p) for p in shared}
     ctx = StepContext(

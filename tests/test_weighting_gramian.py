@@ -769,7 +769,7 @@ def _step(name: str, engine: str, device: str):
     out = model(x)
     losses = torch.stack([t.loss(out[t.name], y[t.name]) for t in tasks])
     strategy = make(name, 3, device)
-    ENGINES[engine]().check(type(strategy), type(model))
+    ENGINES[engine]().require_support(type(strategy), type(model))
     shared = model.shared_parameters()
     ids = {id(p) for p in shared}
     ctx = StepContext(model, strategy, ENGINES[engine](), torch.optim.SGD(model.parameters()),

@@ -135,7 +135,7 @@ def engines_for(strategy: str, wanted: Sequence[str]) -> list[str]:
         if name not in ENGINES:
             continue
         try:
-            ENGINES[name]().check(cls, arch)
+            ENGINES[name]().require_support(cls, arch)
         except ValueError:
             continue
         out.append(name)
