@@ -399,19 +399,18 @@ def run_accuracy(plan: dict[str, TrialSpec], *,
     with speed.torch_threads(THREADS):
         for key, trial in plan.items():
             record = execute(trial)
-            metrics = record.get("metrics")
+            metrics = record.metrics if record.ok else None
             fraction = injected.get(trial.weighting.name)
             if fraction and metrics is not None:
                 metrics = _worsen(metrics, fraction)
             out[key] = {
                 "id": trial.id,
-                "status": record["status"],
-                "error": record.get("error"),
+                "status": record.status,
+                "error": record.error,
                 "metrics": metrics,
             }
-            if record["status"] != "ok" and not quiet:
-                print(f"note: trial {key}: {record['status']}: "
-                      f"{record.get('error')}", file=sys.stderr)
+            if not record.ok and not quiet:
+                print(f"note: trial {key}: {record.status}: {record.error}", file=sys.stderr)
     return out
 
 

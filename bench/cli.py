@@ -19,7 +19,7 @@ from bench.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, Interrup
 
 if TYPE_CHECKING:
     from bench.executors import SweepOutcome
-    from bench.grid import TrialSpec
+    from bench.spec import TrialSpec
     from bench.store import RunStore
 
 __all__ = ["main"]
@@ -212,7 +212,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         spec.executor, **{k: v for k, v in overrides.items() if v is not None}
     )
     preflight(trials, options)  # executor, Ray address, devices: before anything is written
-    store.check_compatible(sweep)
+    store.require_same_sweep(sweep)
     try:
         store.write_manifest(sweep, [t.id for t in trials])
     except OSError as err:  # what the check above could not foresee (a full disk)
@@ -245,14 +245,14 @@ def _trial_name(spec: TrialSpec) -> str:
 
     task = f" task={','.join(spec.tasks)}" if spec.is_baseline and spec.tasks else ""
     return (f"{spec.dataset.name} | {spec.sharing.name} | "
-            f"{weighting_label(spec.to_dict())} | seed {spec.seed}{task}")
+            f"{weighting_label(spec)} | seed {spec.seed}{task}")
 
 
 def _first_error_line(store: RunStore, trial_id: str) -> str:
     from bench.errors import error_summary
 
     try:
-        return error_summary(store.read(trial_id).get("error"))
+        return error_summary(store.read(trial_id).error)
     except (OSError, ValueError, AttributeError):
         return ""
 

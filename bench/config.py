@@ -9,8 +9,8 @@ one-line :class:`~bench.errors.ConfigError` naming the file and the key.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,8 +20,19 @@ import tomllib
 from pydantic import Field
 
 from bench.errors import ConfigError
-from bench.executors import ExecutorOptions
 from bench.registry import Registry, suggest
+from bench.spec import (
+    AXES,
+    MAX_SEED,
+    Component,
+    ExecutorOptions,
+    Filter,
+    ModelSettings,
+    ProbeSettings,
+    SweepSpec,
+    TensorBoardSettings,
+    TrainSettings,
+)
 
 __all__ = [
     "AXES",
@@ -34,105 +45,9 @@ __all__ = [
     "preset_names",
 ]
 
-AXES = ("dataset", "sharing", "weighting", "seed", "sampling")
-
-_STRICT = pydantic.ConfigDict(extra="forbid", strict=True)
-# Seeds are 0 .. 2**32 - 1: what torch.manual_seed (< 2**64) and NumPy's legacy
-# RandomState (< 2**32) that plugins may use both accept.
-MAX_SEED = 2**32 - 1
-MAX_WEIGHT_DECAY = 10.0
-
-
-class ModelSettings(pydantic.BaseModel):
-    """Network size shared by every architecture in the sweep."""
-
-    model_config = _STRICT
-    hidden: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default=[64, 64], min_length=1)
-    tower: list[Annotated[int, Field(ge=1, le=65536)]] = []
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    backbone: Literal["mlp", "cnn"] = "mlp"
-    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default=[16, 32], min_length=1)
-    # Equal capacity: rescale each architecture's widths to the parameter count of this
-    # architecture at the widths above (a name), or to this count (an integer).
-    match_params: str | Annotated[int, Field(ge=1)] | None = None
-
-
-class TrainSettings(pydantic.BaseModel):
-    """Training budget and optimizer, identical for every trial (baselines included)."""
-
-    model_config = _STRICT
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-3
-    # Bounded like lr: beyond it every parameter is wiped out in a step or two (1e308
-    # overflowed to NaN in every trial); a typo, refused before anything runs.
-    weight_decay: Annotated[float, Field(ge=0.0, le=MAX_WEIGHT_DECAY)] = 0.0
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
-    epochs: Annotated[int, Field(ge=1, le=100_000)] = 10
-    # Multi-input data: samples per task per step on average (a step holds batch_size * T).
-    batch_size: Annotated[int, Field(ge=1)] = 128
-    eval_batch_size: Annotated[int, Field(ge=1)] = 4096
-    engine: Literal["loop", "vmap", "gramian", "autogram", "rep"] = "loop"
-    # Gradient-based strategies: what trains the task heads. "method": the strategy's own
-    # default (its official code); "own": each task's own loss gradient (torchjd's
-    # mtl_backward); "weighted": w_t times it, with the strategy's task weights.
-    heads: Literal["method", "own", "weighted"] = "method"
-    device: Annotated[str, Field(pattern=r"^(cpu|cuda(:\d+)?|mps|auto)$")] = "cpu"
-    # CUDA only: deterministic kernels (torch.use_deterministic_algorithms); slower.
-    deterministic: bool = False
-    # CPU intra-op threads of each trial. Part of the trial because CPU results depend on
-    # it (reduction order); executors run cores // threads trials at once.
-    threads: Annotated[int, Field(ge=1, le=256)] = 1
-
-
-ProbeEvery = Annotated[int, Field(ge=0)] | Literal["auto"]
-
-
-class ProbeSettings(pydantic.BaseModel):
-    """Training-time probes of multi-task trials: every N steps (0 = off), or ``"auto"``:
-    about ``bench.probes.AUTO_PROBES`` (20) probes per trial, every
-    max(1, total steps // 20) steps, whatever the trial's length."""
-
-    model_config = _STRICT
-    conflict_every: ProbeEvery = 0
-    affinity_every: ProbeEvery = 0
-
-
-class TensorBoardSettings(pydantic.BaseModel):
-    """TensorBoard event files of ``mtlbench run`` (``bench.tensorboard``). Not part of any
-    trial id, like the executor settings: logging changes no result."""
-
-    model_config = _STRICT
-    enabled: bool = True
-    # Step scalars (task losses, weights, shared gradient norm, step time) every N steps.
-    every: Annotated[int, Field(ge=1, le=1_000_000)] = 10
-
-
-class Filter(pydantic.BaseModel):
-    """A combination pattern: every given axis must match (names, or seeds)."""
-
-    model_config = _STRICT
-    dataset: str | list[str] | None = None
-    sharing: str | list[str] | None = None
-    weighting: str | list[str] | None = None
-    seed: int | list[int] | None = None
-    sampling: str | list[str] | None = None
-
-    def values(self, axis: str) -> list[Any] | None:
-        value = getattr(self, axis)
-        if value is None:
-            return None
-        return value if isinstance(value, list) else [value]
-
-    def matches(self, combo: dict[str, Any]) -> bool:
-        return all(
-            combo[axis] in allowed
-            for axis in AXES
-            if (allowed := self.values(axis)) is not None
-        )
-
 
 class _RawSpec(pydantic.BaseModel):
-    model_config = _STRICT
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
     # The default run directory is results/<name>: bounded well below a file name's 255.
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
     description: str = ""
@@ -169,70 +84,6 @@ class _RawSpec(pydantic.BaseModel):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return value if isinstance(value, list) else [value]
-
-
-@dataclass(frozen=True)
-class Component:
-    """A registered component with its fully resolved hyperparameters."""
-
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": dict(self.params)}
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """A validated sweep: the axes with resolved components, and shared settings."""
-
-    name: str
-    description: str
-    source: str
-    seeds: tuple[int, ...]
-    datasets: tuple[Component, ...]
-    sharing: tuple[Component, ...]
-    weighting: tuple[Component, ...]
-    sampling: tuple[Component, ...]
-    model: ModelSettings
-    train: TrainSettings
-    probes: ProbeSettings
-    executor: ExecutorOptions
-    plugins: tuple[str, ...]
-    include: tuple[Filter, ...]
-    exclude: tuple[Filter, ...]
-    # One TrainSettings per combination of the train_grid (just ``train`` without one).
-    train_variants: tuple[TrainSettings, ...] = ()
-    train_grid: dict[str, list[Any]] = field(default_factory=dict)
-    # Logging only: left out of to_dict (the manifest), so it never blocks a resume.
-    tensorboard: TensorBoardSettings = field(default_factory=TensorBoardSettings)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "name": self.name,
-            "description": self.description,
-            "seeds": list(self.seeds),
-            "datasets": [c.to_dict() for c in self.datasets],
-            "sharing": [c.to_dict() for c in self.sharing],
-            "weighting": [c.to_dict() for c in self.weighting],
-            "model": self.model.model_dump(),
-            "train": self.train.model_dump(),
-            "probes": self.probes.model_dump(),
-            "plugins": list(self.plugins),
-            "include": [f.model_dump(exclude_none=True) for f in self.include],
-            "exclude": [f.model_dump(exclude_none=True) for f in self.exclude],
-        }
-        # Written only when used, so that run directories of sweeps without them (and of
-        # earlier versions) stay resumable.
-        from bench.sampling import DEFAULT_SAMPLING, SAMPLING
-
-        sampling = [c.to_dict() for c in self.sampling]
-        default = {"name": DEFAULT_SAMPLING, "params": SAMPLING.resolve(DEFAULT_SAMPLING, {})}
-        if sampling != [default]:
-            out["sampling"] = sampling
-        if self.train_grid:
-            out["train_grid"] = dict(self.train_grid)
-        return out
 
 
 def preset_names() -> list[str]:
@@ -502,7 +353,7 @@ def load_spec(
     """Read, override and validate a sweep spec. Raises ``ConfigError`` on any problem."""
     from bench.data import DATASETS
     from bench.plugins import import_plugins, load_entry_points
-    from bench.sampling import SAMPLING
+    from bench.sampling import DEFAULT_SAMPLING, SAMPLING
     from strategies.sharing import SHARING
     from strategies.weighting import WEIGHTING
 
@@ -569,6 +420,8 @@ def load_spec(
         train_grid=dict(parsed.train_grid),
         tensorboard=parsed.tensorboard,
     )
+    default_sampling = Component(DEFAULT_SAMPLING, SAMPLING.resolve(DEFAULT_SAMPLING, {}))
+    spec = dataclasses.replace(spec, sampling_given=spec.sampling != (default_sampling,))
     for axis, values in (("seeds", spec.seeds),):
         if len(set(values)) != len(values):
             raise ConfigError(f"{source}: {axis}: contains duplicates")

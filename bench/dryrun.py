@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.config import Component, SweepSpec
-from bench.grid import TrialSpec
+from bench.spec import TrialSpec
 
 __all__ = ["STEPS", "WARMUP", "estimate", "preset_rows", "summary"]
 
@@ -45,14 +45,15 @@ def _steps_per_epoch(spec: TrialSpec) -> int:
     train = ds.train
     # Multi-input: one Split per task, all read in an epoch.
     n = sum(len(s) for s in train.values()) if isinstance(train, dict) else len(train)
-    return max(1, math.ceil(n / spec.train["batch_size"]))
+    return max(1, math.ceil(n / spec.train.batch_size))
 
 
 def _cell_key(spec: TrialSpec, shape: tuple[int, ...], tasks: int) -> str:
     import json
 
     return json.dumps([shape, tasks, spec.sharing.to_dict(), spec.weighting.to_dict(),
-                       spec.model, {k: v for k, v in spec.train.items() if k != "epochs"}],
+                       spec.model.to_dict(),
+                       {k: v for k, v in spec.train.to_dict().items() if k != "epochs"}],
                       sort_keys=True, default=str)
 
 
@@ -67,19 +68,19 @@ def _time_step(spec: TrialSpec, shape: tuple[int, ...], tasks: int) -> float:
     from strategies.weighting import WEIGHTING
 
     train = spec.train
-    optim = {k: train.get(k) for k in ("optimizer", "lr", "weight_decay", "momentum")}
+    optim = {k: getattr(train, k) for k in ("optimizer", "lr", "weight_decay", "momentum")}
     needs_jacobian = WEIGHTING.get(spec.weighting.name).needs == "jacobian"
-    engine = train.get("engine", "loop") if needs_jacobian else None
+    engine = train.engine if needs_jacobian else None
     if engine is not None and engine not in ENGINES:
         engine = "loop"
-    hidden = tuple(spec.model["hidden"])
+    hidden = tuple(spec.model.hidden)
     cell = SpeedCell(
         strategy=spec.weighting, engine=engine, sharing=spec.sharing, num_tasks=tasks,
-        batch_size=train["batch_size"], width=hidden[0], hidden=hidden,
-        tower=tuple(spec.model.get("tower", ())), dropout=spec.model.get("dropout", 0.0),
+        batch_size=train.batch_size, width=hidden[0], hidden=hidden,
+        tower=tuple(spec.model.tower), dropout=spec.model.dropout,
         input_shape=shape, train=optim, device="cpu", seed=spec.seed,
     )
-    with torch_threads(train.get("threads", 1)):
+    with torch_threads(train.threads):
         runner = CellRunner(cell)
         timer = make_timer(torch.device("cpu"), "wall")
         times = []
@@ -98,7 +99,7 @@ def estimate(specs: Sequence[TrialSpec], workers: int) -> float | None:
     docstring); None when a trial's backbone cannot be timed."""
     from bench import data
 
-    if any(s.model.get("backbone", "mlp") != "mlp" for s in specs):
+    if any(s.model.backbone != "mlp" for s in specs):
         return None
     cost: dict[str, float] = {}
     total = 0.0
@@ -111,7 +112,7 @@ def estimate(specs: Sequence[TrialSpec], workers: int) -> float | None:
         key = _cell_key(spec, shape, tasks)
         if key not in cost:
             cost[key] = _time_step(spec, shape, tasks)
-        total += spec.train["epochs"] * _steps_per_epoch(spec) * cost[key]
+        total += spec.train.epochs * _steps_per_epoch(spec) * cost[key]
     return total / max(1, workers)
 
 

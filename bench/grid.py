@@ -8,116 +8,72 @@ seed); baselines are ordinary trials, shared by all trials that need them.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import itertools
-import json
-from dataclasses import dataclass, field
 from typing import Any
 
-from bench.config import Component, SweepSpec
+import torch
+
+from bench import data
+from bench.data import DATASETS
+from bench.engine import ENGINES
 from bench.errors import ConfigError
+from bench.registry import Registry
+from bench.sampling import SAMPLING
+from bench.spec import (
+    BASELINE_SHARING,
+    BASELINE_WEIGHTING,
+    Component,
+    Labels,
+    ModelSettings,
+    SweepSpec,
+    TrialModel,
+    TrialSpec,
+    canonical_json,
+    component_label,
+)
+from strategies import sharing
+from strategies.sharing import SHARING, BackboneSpec, count_parameters, match_params
+from strategies.weighting import WEIGHTING
 
 __all__ = ["BASELINE_SHARING", "BASELINE_WEIGHTING", "TrialSpec", "baseline_of", "expand"]
 
-BASELINE_SHARING = "stl"
-BASELINE_WEIGHTING = "ew"
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """Everything that determines one trial's result (and nothing else)."""
-
-    dataset: Component
-    sharing: Component
-    weighting: Component
-    seed: int
-    model: dict[str, Any]
-    train: dict[str, Any]
-    tasks: tuple[str, ...] | None = None  # None: all of the dataset's tasks
-    probes: dict[str, Any] = field(default_factory=dict)  # training-time probes (0 = off)
-    # Task-sampling policy; multi-task trials on multi-input data only (None elsewhere,
-    # and then absent from the id, so single-input ids do not depend on the axis).
-    sampling: Component | None = None
-    # Where and how often the trial writes TensorBoard events (``bench.tensorboard``):
-    # carried to workers with the spec, never part of its id or record.
-    tensorboard: dict[str, Any] | None = field(default=None, compare=False)
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.sharing.name == BASELINE_SHARING and self.tasks is not None
-
-    def to_dict(self, *, logging: bool = True) -> dict[str, Any]:
-        """The spec as JSON; ``logging=False`` leaves out the TensorBoard settings (what
-        the id hashes and records hold)."""
-        out = {
-            "dataset": self.dataset.to_dict(),
-            "sharing": self.sharing.to_dict(),
-            "weighting": self.weighting.to_dict(),
-            "seed": self.seed,
-            "model": self.model,
-            "train": self.train,
-            "tasks": list(self.tasks) if self.tasks is not None else None,
-            "probes": self.probes,
-        }
-        if self.sampling is not None:
-            out["sampling"] = self.sampling.to_dict()
-        if logging and self.tensorboard is not None:
-            out["tensorboard"] = self.tensorboard
-        return out
-
-    @property
-    def id(self) -> str:
-        text = canonical_json(self.to_dict(logging=False))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
-        return cls(
-            dataset=Component(d["dataset"]["name"], d["dataset"]["params"]),
-            sharing=Component(d["sharing"]["name"], d["sharing"]["params"]),
-            weighting=Component(d["weighting"]["name"], d["weighting"]["params"]),
-            seed=d["seed"],
-            model=d["model"],
-            train=d["train"],
-            tasks=tuple(d["tasks"]) if d.get("tasks") is not None else None,
-            probes=d.get("probes", {}),
-            sampling=(Component(d["sampling"]["name"], d["sampling"]["params"])
-                      if d.get("sampling") is not None else None),
-            tensorboard=d.get("tensorboard"),
-        )
-
 
 def baseline_of(spec: TrialSpec, task: str) -> TrialSpec:
-    """The single-task baseline ``spec`` is measured against for ``task``."""
-    from strategies.sharing import SHARING
-    from strategies.weighting import WEIGHTING
-
-    model = dict(spec.model)
-    model.pop("matched_parameters", None)
-    model.update(model.pop("reference", {}))  # baselines keep the sweep's own widths
-    return TrialSpec(
+    """The single-task baseline ``spec`` is measured against for ``task``: architecture
+    ``stl`` with ``ew`` on that task alone, same data, sweep widths, training and seed."""
+    base = TrialSpec(
         dataset=spec.dataset,
         sharing=Component(BASELINE_SHARING, SHARING.resolve(BASELINE_SHARING, {})),
         weighting=Component(BASELINE_WEIGHTING, WEIGHTING.resolve(BASELINE_WEIGHTING, {})),
         seed=spec.seed,
-        model=model,
+        model=spec.model.unmatched(),  # baselines keep the sweep's own widths
         train=spec.train,
         tasks=(task,),
-        probes={},  # single-task trials have nothing to probe
-        sampling=None,  # one task: every sample of a step is its own
+        # single-task trials have nothing to probe, and one task owns every sample
     )
+    return _labelled(base)
+
+
+def _defaults(registry: Registry, name: str) -> dict[str, Any]:
+    return {h.name: h.default for h in registry.hyperparameters(name)}
+
+
+def _labelled(spec: TrialSpec) -> TrialSpec:
+    """``spec`` with its report labels: names plus non-default hyperparameters."""
+    labels = Labels(
+        dataset=component_label(spec.dataset, _defaults(DATASETS, spec.dataset.name)),
+        sharing=component_label(spec.sharing, _defaults(SHARING, spec.sharing.name)),
+        weighting=component_label(spec.weighting, _defaults(WEIGHTING, spec.weighting.name)),
+        sampling=(component_label(spec.sampling, _defaults(SAMPLING, spec.sampling.name))
+                  if spec.sampling is not None else None),
+    )
+    return dataclasses.replace(spec, labels=labels)
 
 
 def _load(ds: Component, source: str = "") -> Any:
     """The dataset of ``ds`` (cached by ``bench.data.load``); a loader that fails, or runs
     out of memory (num_train = 10**8 with a wide input), is a one-line ConfigError."""
-    from bench import data
-    from bench.data import DATASETS
-
     try:
         return data.load(ds.name, **ds.params)
     except ConfigError:
@@ -135,28 +91,14 @@ def task_names(dataset: Component) -> list[str]:
     return [t.name for t in _load(dataset).tasks]
 
 
-def _backbone(model: dict[str, Any]) -> Any:
-    from strategies.sharing import BackboneSpec
-
-    return BackboneSpec(
-        hidden=tuple(model["hidden"]), tower=tuple(model["tower"]), dropout=model["dropout"],
-        kind=model["backbone"], channels=tuple(model["channels"]),
-    )
-
-
-def _build_check(ds: Component, sh: Component, model: dict[str, Any], source: str) -> None:
+def _build_on_meta(ds: Component, sh: Component, model: ModelSettings, source: str) -> None:
     """Build the architecture on the meta device (no memory) so that a combination that
     cannot work (e.g. MTAN on an MLP backbone) is a ConfigError before anything runs."""
-    import torch
-
-    from strategies import sharing
-    from strategies.sharing import SHARING
-
     dataset = _load(ds, source)
     try:
         with torch.device("meta"):
-            sharing.get(sh.name, dataset.input_shape, dataset.tasks, _backbone(model),
-                        **sh.params)
+            sharing.get(sh.name, dataset.input_shape, dataset.tasks,
+                        BackboneSpec.of(model), **sh.params)
     except ValueError as err:
         raise ConfigError(f"{source}: sharing '{sh.name}' on dataset '{ds.name}': {err}") from None
     except (Exception, SystemExit) as err:  # a plugin architecture's own failure, named
@@ -165,19 +107,15 @@ def _build_check(ds: Component, sh: Component, model: dict[str, Any], source: st
 
 
 def _matched_model(
-    ds: Component, sh: Component, model: dict[str, Any], source: str
-) -> dict[str, Any]:
+    ds: Component, sh: Component, model: ModelSettings, source: str
+) -> TrialModel:
     """``model`` with widths rescaled so that ``sh`` has the parameter count of the target
     (``model.match_params``: an architecture name at the sweep's widths, or a count)."""
-    import dataclasses
-
-    from strategies.sharing import count_parameters, match_params
-
-    target = model.get("match_params")
+    target = model.match_params
     if target is None:
-        return model
+        return TrialModel(**model.model_dump())
     dataset = _load(ds, source)
-    backbone = _backbone(model)
+    backbone = BackboneSpec.of(model)
     if isinstance(target, str):
         target = count_parameters(target, dataset.input_shape, dataset.tasks, backbone)
     try:
@@ -185,11 +123,13 @@ def _matched_model(
                                **sh.params)
     except ValueError as err:
         raise ConfigError(f"{source}: model.match_params: {err}") from None
-    widths = dataclasses.asdict(matched)
-    reference = {k: model[k] for k in ("hidden", "tower", "channels")}
-    return {**model, "hidden": list(widths["hidden"]), "tower": list(widths["tower"]),
-            "channels": list(widths["channels"]), "matched_parameters": target,
-            "reference": reference}
+    return TrialModel(
+        **{**model.model_dump(), "hidden": list(matched.hidden), "tower": list(matched.tower),
+           "channels": list(matched.channels)},
+        matched_parameters=target,
+        reference={"hidden": list(model.hidden), "tower": list(model.tower),
+                   "channels": list(model.channels)},
+    )
 
 
 def _is_multi_input(ds: Component) -> bool:
@@ -201,23 +141,17 @@ def _has_baselines(ds: Component) -> bool:
     return all(t.kind != "objective" for t in _load(ds).tasks)
 
 
-def _check_compatible(spec: TrialSpec, source: str, checked: set[tuple[str, ...]]) -> None:
-    """Config errors for a strategy that cannot run on this dataset, architecture and
-    engine; each distinct combination is checked once per grid (``checked``)."""
-    from bench.engine import ENGINES
-    from strategies.sharing import SHARING
-    from strategies.weighting import WEIGHTING
-
+def _refuse_unsupported(spec: TrialSpec, source: str, seen: set[tuple[str, ...]]) -> None:
+    """A ConfigError for a strategy that cannot run on this dataset, architecture and
+    engine; each distinct combination is examined once per grid (``seen``)."""
     num_tasks = len(spec.tasks) if spec.tasks is not None else len(task_names(spec.dataset))
     key = (spec.weighting.name, canonical_json(spec.weighting.params), str(num_tasks),
-           spec.sharing.name, spec.train["engine"])
-    if key in checked:
+           spec.sharing.name, spec.train.engine)
+    if key in seen:
         return
-    checked.add(key)
+    seen.add(key)
     strategy = WEIGHTING.get(spec.weighting.name)
     try:  # hyperparameters that depend on the task count (e.g. FAMO's min_losses)
-        import torch
-
         WEIGHTING.create(spec.weighting.name, **spec.weighting.params).reset(
             num_tasks, torch.device("cpu"), seed=spec.seed)
     except ValueError as err:
@@ -229,23 +163,16 @@ def _check_compatible(spec: TrialSpec, source: str, checked: set[tuple[str, ...]
     if strategy.needs != "jacobian":
         return
     try:
-        ENGINES[spec.train["engine"]]().require_support(strategy, SHARING.get(spec.sharing.name))
+        ENGINES[spec.train.engine]().require_support(strategy, SHARING.get(spec.sharing.name))
     except ValueError as err:
         raise ConfigError(f"{source}: train.engine: {err}") from None
-
-
-def _train_dict(train: Any) -> dict[str, Any]:
-    """The training settings as a trial records them. ``heads`` is left out at its
-    default, so trial ids (and resumable run directories) from before it existed hold."""
-    out = train.model_dump()
-    if out.get("heads") == "method":
-        del out["heads"]
-    return out
 
 
 def expand(sweep: SweepSpec) -> list[TrialSpec]:
     """All trials of ``sweep``: multi-task trials first, then their baselines (deduplicated).
 
+    Each trial carries its report labels and the ids of its baselines (one per task;
+    none for objective datasets, whose tasks have no data to train alone).
     ``stl`` in the sharing axis stands for the single-task baselines themselves.
     Raises ``ConfigError`` when the filters leave nothing to run, or when planning runs
     out of memory (e.g. match_params on very wide models).
@@ -258,11 +185,9 @@ def expand(sweep: SweepSpec) -> list[TrialSpec]:
 
 
 def _expand(sweep: SweepSpec) -> list[TrialSpec]:
-    model = sweep.model.model_dump()
-    variants = [_train_dict(t) for t in (sweep.train_variants or (sweep.train,))]
-    probes = {k: v for k, v in sweep.probes.model_dump().items() if v}
-    matched: dict[tuple[str, ...], dict[str, Any]] = {}
-    checked: set[tuple[str, ...]] = set()
+    variants = sweep.train_variants or (sweep.train,)
+    matched: dict[tuple[str, ...], TrialModel] = {}
+    seen: set[tuple[str, ...]] = set()
     trials: dict[str, TrialSpec] = {}
     baselines: dict[str, TrialSpec] = {}
     for train, ds, sh, wt, seed, sampling in itertools.product(
@@ -276,8 +201,8 @@ def _expand(sweep: SweepSpec) -> list[TrialSpec]:
             continue
         key = (ds.name, canonical_json(ds.params), sh.name, canonical_json(sh.params))
         if key not in matched:
-            _build_check(ds, sh, model, sweep.source)
-            matched[key] = _matched_model(ds, sh, model, sweep.source)
+            _build_on_meta(ds, sh, sweep.model, sweep.source)
+            matched[key] = _matched_model(ds, sh, sweep.model, sweep.source)
         if not _is_multi_input(ds):
             sampling = None  # the axis only applies to multi-input data; trials dedupe
         elif sampling.params.get("per_step") == "one" and wt.name != BASELINE_WEIGHTING:
@@ -285,15 +210,17 @@ def _expand(sweep: SweepSpec) -> list[TrialSpec]:
                 f"{sweep.source}: sampling '{sampling.name}' with per_step = \"one\" trains "
                 f"one task per step, so only weighting '{BASELINE_WEIGHTING}' applies (got "
                 f"'{wt.name}'); run it in a sweep of its own or use per_step = \"all\"")
-        spec = TrialSpec(ds, sh, wt, seed, matched[key], train, probes=probes,
+        spec = TrialSpec(ds, sh, wt, seed, matched[key], train, probes=sweep.probes,
                          sampling=sampling)
-        if sh.name != BASELINE_SHARING:
-            _check_compatible(spec, sweep.source, checked)
-            trials.setdefault(spec.id, spec)
+        own: dict[str, str] = {}
         if _has_baselines(ds):
             for task in task_names(ds):
                 base = baseline_of(spec, task)
                 baselines.setdefault(base.id, base)
+                own[task] = base.id
+        if sh.name != BASELINE_SHARING:
+            _refuse_unsupported(spec, sweep.source, seen)
+            trials.setdefault(spec.id, _labelled(dataclasses.replace(spec, baselines=own)))
     if not trials and not baselines:
         raise ConfigError(f"{sweep.source}: the grid is empty (include/exclude remove every trial)")
     return list(trials.values()) + [b for k, b in baselines.items() if k not in trials]

@@ -293,6 +293,7 @@ class CellRunner:
     """A built cell: model, strategy, engine, optimizer and a fixed synthetic batch."""
 
     def __init__(self, cell: SpeedCell, slowdown: float = 0.0) -> None:
+        from bench.spec import TrainSettings
         from bench.trial import _optimizer
         from strategies import sharing, weighting
         from strategies.sharing.base import BackboneSpec
@@ -315,7 +316,7 @@ class CellRunner:
             strategy=self.strategy,
             engine=ENGINES[cell.engine or "loop"](),
             optimizer=_optimizer([*self.model.parameters(), *self.strategy.parameters()],
-                                 cell.train),
+                                 TrainSettings.model_validate(cell.train)),
             shared=shared,
             task_specific=[p for p in self.model.parameters() if id(p) not in shared_ids],
             heads=cell.train.get("heads", "method"),

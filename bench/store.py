@@ -32,9 +32,10 @@ from typing import IO, Any
 
 import pandas as pd
 import pydantic
-from typing_extensions import NotRequired, TypedDict
 
 from bench.errors import ConfigError
+from bench.records import TrialRecord, dumps, upgrade_trial, v1_labels
+from bench.spec import Labels, TrialSpec
 
 __all__ = [
     "RecordProblem", "RunStore", "Scan", "atomic_write_json", "atomic_write_text", "frame",
@@ -81,60 +82,49 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=True))
 
 
-class _Component(TypedDict):
-    name: str
-    params: dict[str, Any]
-
-
-class _Spec(TypedDict):
-    dataset: _Component
-    sharing: _Component
-    weighting: _Component
-    seed: int
-    model: dict[str, Any]
-    train: dict[str, Any]
-    tasks: NotRequired[list[str] | None]
-    probes: NotRequired[dict[str, Any]]
-    sampling: NotRequired[_Component | None]
-
-
-class _Record(TypedDict):
-    # What load() and the report read without a default; other keys are optional.
-    id: str
-    status: str
-    spec: _Spec
-    metrics: NotRequired[dict[str, dict[str, dict[str, float | None]]]]
-    timing: NotRequired[dict[str, Any]]
-
-
-_RECORD = pydantic.TypeAdapter(_Record)
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number",
                bool: "boolean", type(None): "null"}
 
 
-def _check_record(path: Path, data: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """The record in ``data`` (read from ``path``), or None and why it is not usable."""
+def _parse(path: Path, data: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """The JSON object in ``data`` (read from ``path``), or None and why it is unusable."""
     if not data.strip():
         return None, "empty file"
     try:
-        rec = json.loads(data)
+        raw = json.loads(data)
     except ValueError as err:  # UnicodeDecodeError included
         return None, f"not valid JSON, truncated or damaged ({err})"
-    if not isinstance(rec, dict):
-        return None, f"not a trial record (a JSON {_JSON_TYPES.get(type(rec), 'value')})"
+    if not isinstance(raw, dict):
+        return None, f"not a trial record (a JSON {_JSON_TYPES.get(type(raw), 'value')})"
+    return raw, None
+
+
+def _validate(path: Path, raw: dict[str, Any], labels: dict[str, Labels] | None = None
+              ) -> tuple[TrialRecord | None, str | None]:
+    """``raw`` as a current :class:`TrialRecord` (schema-1 records upgraded), or None and
+    why it is not one."""
     try:
-        _RECORD.validate_python(rec)
+        rec = TrialRecord.model_validate(upgrade_trial(raw, labels))
     except pydantic.ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(k) for k in first["loc"])
         what = "missing" if first["type"] == "missing" else first["msg"]
+        if first["type"] == "value_error" and not where:
+            what = what.removeprefix("Value error, ")
+            return None, what
         return None, f"not a trial record ({where}: {what})"
-    if rec["status"] == "ok" and not rec.get("metrics"):
-        return None, "'ok' record without metrics"
-    if rec["id"] != path.stem:
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        return None, f"not a trial record ({type(err).__name__}: {err})"
+    if rec.id != path.stem:
         # Read under its file name, it would hide the trial the name promises.
-        return None, f"holds trial {rec['id']}, not the {path.stem} its name says"
+        return None, f"holds trial {rec.id}, not the {path.stem} its name says"
     return rec, None
+
+
+def _check_record(path: Path, data: bytes) -> tuple[TrialRecord | None, str | None]:
+    """The record in ``data`` (read from ``path``), or None and why it is not usable."""
+    raw, reason = _parse(path, data)
+    return (None, reason) if raw is None else _validate(path, raw)
 
 
 @dataclass(frozen=True)
@@ -151,7 +141,7 @@ class RecordProblem:
 class Scan:
     """The usable records of a run directory, and the files left out with why."""
 
-    records: list[dict[str, Any]]
+    records: list[TrialRecord]
     problems: list[RecordProblem]
     manifest: dict[str, Any] | None
 
@@ -204,7 +194,7 @@ class RunStore:
     def has(self, trial_id: str) -> bool:
         return self.record_path(trial_id).is_file()
 
-    def _valid(self, trial_id: str) -> dict[str, Any] | None:
+    def _valid(self, trial_id: str) -> TrialRecord | None:
         try:
             data = self.record_path(trial_id).read_bytes()
         except OSError:
@@ -215,7 +205,7 @@ class RunStore:
         """Status of a finished trial, or None when it has no usable record (none, or a
         damaged or misnamed one: the trial runs again)."""
         rec = self._valid(trial_id)
-        return None if rec is None else rec["status"]
+        return None if rec is None else rec.status
 
     @contextlib.contextmanager
     def _lock(self, trial_id: str) -> Iterator[bool]:
@@ -264,11 +254,16 @@ class RunStore:
                 os.replace(self.record_path(trial_id), dest)
             return True
 
-    def write(self, record: dict[str, Any]) -> None:
-        atomic_write_json(self.record_path(record["id"]), record)
+    def write(self, record: TrialRecord) -> None:
+        atomic_write_text(self.record_path(record.id), dumps(record))
 
-    def read(self, trial_id: str) -> dict[str, Any]:
-        return json.loads(self.record_path(trial_id).read_text("utf-8"))
+    def read(self, trial_id: str) -> TrialRecord:
+        """The record of ``trial_id``; a ConfigError naming the file when it is unusable."""
+        path = self.record_path(trial_id)
+        rec, reason = _check_record(path, path.read_bytes())
+        if rec is None:
+            raise ConfigError(f"{path}: {reason}")
+        return rec
 
     def scan(self) -> Scan:
         """Read every ``trials/*.json``: the usable records of this run's trials, and the
@@ -283,7 +278,7 @@ class RunStore:
         ids = manifest.get("trials") if manifest else None
         sweep_ids = set(ids) if isinstance(ids, list) else None
         name = ((manifest or {}).get("sweep") or {}).get("name")
-        records = []
+        raws: list[tuple[Path, dict[str, Any]]] = []
         paths = sorted(self.trials_dir.glob("*.json")) if self.trials_dir.is_dir() else []
         for path in paths:
             try:
@@ -292,23 +287,33 @@ class RunStore:
                 continue
             except OSError as err:
                 raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
-            rec, reason = _check_record(path, data)
-            if rec is not None and sweep_ids is not None and rec["id"] not in sweep_ids:
-                rec, reason = None, f"trial {rec['id']} is not part of this run's sweep " \
+            raw, reason = _parse(path, data)
+            if raw is None:
+                problems.append(self._problem(path, reason, sweep_ids))
+            else:
+                raws.append((path, raw))
+        # Schema-1 records hold no labels: name what varies within the run.
+        old = [raw for _, raw in raws if "schema_version" not in raw]
+        labels = v1_labels(old) if old else None
+        records = []
+        for path, raw in raws:
+            rec, reason = _validate(path, raw, labels)
+            if rec is not None and sweep_ids is not None and rec.id not in sweep_ids:
+                rec, reason = None, f"trial {rec.id} is not part of this run's sweep " \
                                     f"'{name}' ({MANIFEST})"
             if rec is None:
-                assert reason is not None
-                rerun = sweep_ids is not None and path.stem in sweep_ids
-                problems.append(RecordProblem(path, reason, rerun))
+                problems.append(self._problem(path, reason, sweep_ids))
             else:
                 records.append(rec)
-        # Registered plugin components get labels without their defaults (see frame).
-        from bench.plugins import import_run_plugins
-
-        import_run_plugins(manifest)
+        problems.sort(key=lambda p: str(p.path))
         return Scan(records, problems, manifest)
 
-    def records(self) -> Iterator[dict[str, Any]]:
+    @staticmethod
+    def _problem(path: Path, reason: str | None, sweep_ids: set[str] | None) -> RecordProblem:
+        rerun = sweep_ids is not None and path.stem in sweep_ids
+        return RecordProblem(path, reason or "unusable", rerun)
+
+    def records(self) -> Iterator[TrialRecord]:
         """The usable records (see :meth:`scan`; the files left out are not named here)."""
         yield from self.scan().records
 
@@ -368,7 +373,7 @@ class RunStore:
                               "'trials'); move it away to start the run directory afresh")
         return manifest
 
-    def check_compatible(self, sweep: dict[str, Any]) -> None:
+    def require_same_sweep(self, sweep: dict[str, Any]) -> None:
         """Refuse a run directory made by a different sweep (before anything is written)."""
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"{self.root}: exists and is not a directory")
@@ -384,30 +389,6 @@ class RunStore:
         atomic_write_json(self.root / MANIFEST, {"sweep": sweep, "trials": trial_ids})
 
 
-def _label(component: dict[str, Any], registry_defaults: dict[str, Any] | None) -> str:
-    """``name`` plus the hyperparameters that differ from their defaults."""
-    params = component["params"]
-    if registry_defaults is not None:
-        params = {k: v for k, v in params.items() if registry_defaults.get(k, object()) != v}
-    if not params:
-        return component["name"]
-    inner = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
-    return f"{component['name']}({inner})"
-
-
-def _defaults(kind: str, name: str) -> dict[str, Any] | None:
-    from bench.data import DATASETS
-    from bench.sampling import SAMPLING
-    from strategies.sharing import SHARING
-    from strategies.weighting import WEIGHTING
-
-    registry = {"dataset": DATASETS, "sharing": SHARING, "weighting": WEIGHTING,
-                "sampling": SAMPLING}[kind]
-    if name not in registry:
-        return None
-    return {h.name: h.default for h in registry.hyperparameters(name)}
-
-
 COLUMNS = [
     "trial_id", "dataset", "sharing", "weighting", "seed", "baseline_task", "baseline_id",
     "status",
@@ -416,27 +397,28 @@ COLUMNS = [
 ]
 
 
-def _varying_train_keys(records: list[dict[str, Any]]) -> list[str]:
+def varying_train_keys(specs: Iterable[TrialSpec]) -> list[str]:
     """Training settings that differ between the run's trials (a ``train_grid`` axis)."""
     values: dict[str, set[str]] = {}
-    # A sweep has few distinct recipes: compare those, not every record's keys.
-    distinct = {json.dumps(rec["spec"]["train"], sort_keys=True) for rec in records}
+    # A sweep has few distinct recipes: compare those, not every trial's keys.
+    distinct = {json.dumps(spec.train.to_dict(), sort_keys=True) for spec in specs}
     for train in distinct:
         for key, value in json.loads(train).items():
             values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
     return sorted(k for k, v in values.items() if len(v) > 1)
 
 
-def weighting_label(spec: dict[str, Any], varying_train: Sequence[str] = ()) -> str:
+def weighting_label(spec: TrialSpec, varying_train: Sequence[str] = ()) -> str:
     """The weighting label of a trial, with what else varies in the sweep's training
     recipe after `` @``: the task-sampling policy (multi-input data) and the
     ``train_grid`` values, e.g. ``ew @proportional`` or ``ls(weights=[1, 0]) @lr=0.01``."""
-    label = _label(spec["weighting"], _defaults("weighting", spec["weighting"]["name"]))
-    extra = []
-    if spec.get("sampling") is not None:
-        extra.append(_label(spec["sampling"], _defaults("sampling", spec["sampling"]["name"])))
-    extra += [f"{k}={spec['train'][k]}" for k in varying_train]
-    return f"{label} @{','.join(extra)}" if extra else label
+    labels = spec.labels or Labels(dataset=spec.dataset.name, sharing=spec.sharing.name,
+                                   weighting=spec.weighting.name,
+                                   sampling=spec.sampling.name if spec.sampling else None)
+    extra = [labels.sampling] if labels.sampling is not None else []
+    train = spec.train.to_dict()
+    extra += [f"{k}={train.get(k)}" for k in varying_train]
+    return f"{labels.weighting} @{','.join(extra)}" if extra else labels.weighting
 
 
 def _float(value: Any) -> float:
@@ -461,47 +443,38 @@ def load(run_dir: str | Path, *, quiet: bool = False) -> pd.DataFrame:
     return frame(scan.records)
 
 
-def frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def frame(records: Iterable[TrialRecord]) -> pd.DataFrame:
     """The tidy table of :func:`load` from records already read (:meth:`RunStore.scan`)."""
-    from bench.grid import TrialSpec, baseline_of
-
     rows: list[dict[str, Any]] = []
     records = list(records)
-    varying = _varying_train_keys(records)
-    # Baseline ids by (recipe, task): the trials of one seed and recipe share baselines.
-    baseline_ids: dict[tuple[str, str], str] = {}
+    varying = varying_train_keys(rec.spec for rec in records)
     for rec in records:
-        spec = rec["spec"]
-        trial = TrialSpec.from_dict(spec)
+        spec = rec.spec
+        timing = rec.timing
         base = {
-            "trial_id": rec["id"],
-            "dataset": _label(spec["dataset"], _defaults("dataset", spec["dataset"]["name"])),
-            "sharing": _label(spec["sharing"], _defaults("sharing", spec["sharing"]["name"])),
+            "trial_id": rec.id,
+            "dataset": rec.labels.dataset,
+            "sharing": rec.labels.sharing,
             "weighting": weighting_label(spec, varying),
-            "seed": spec["seed"],
-            "baseline_task": spec["tasks"][0] if spec.get("tasks") else None,
-            "status": rec["status"],
-            "wall_s": rec.get("wall_s", math.nan),
-            "step_s": rec.get("timing", {}).get("step_s", math.nan),
-            "parameters": rec.get("parameters"),
+            "seed": spec.seed,
+            "baseline_task": spec.tasks[0] if spec.tasks else None,
+            "status": rec.status,
+            "wall_s": _float(rec.wall_s),
+            "step_s": _float(timing.step_s) if timing else math.nan,
+            "parameters": rec.parameters,
             # Steady-state timing (set-up and warm-up epoch left out; NaN in older records).
-            "trial_s": rec.get("timing", {}).get("trial_s", math.nan),
-            "step_spread": _float(rec.get("timing", {}).get("step_spread")),
-            "best_epoch": rec.get("best_epoch"),
-            "epochs": spec["train"].get("epochs"),
+            "trial_s": _float(timing.trial_s) if timing else math.nan,
+            "step_spread": _float(timing.step_spread) if timing else math.nan,
+            "best_epoch": rec.best_epoch,
+            "epochs": spec.train.epochs,
         }
-        if rec["status"] != "ok":
+        if not rec.ok:
             rows.append({**base, "task": None, "split": None, "metric": None, "value": math.nan,
                          "baseline_id": None})
             continue
-        # What baseline_of keeps of a trial.
-        recipe = "" if trial.is_baseline else json.dumps(
-            [spec["dataset"], spec["model"], spec["train"], spec["seed"]], sort_keys=True)
-        for split, per_task in rec["metrics"].items():
+        for split, per_task in rec.metrics.items():
             for task, metrics in per_task.items():
-                if not trial.is_baseline and (recipe, task) not in baseline_ids:
-                    baseline_ids[recipe, task] = baseline_of(trial, task).id
-                baseline_id = baseline_ids.get((recipe, task))
+                baseline_id = rec.baselines.get(task)
                 for metric, value in metrics.items():
                     rows.append(
                         {**base, "task": task, "split": split, "metric": metric, "value": value,

@@ -42,13 +42,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import ConfigError
+from bench.records import TrialRecord
+from bench.spec import TensorBoardSettings, TrialSpec
+from bench.store import varying_train_keys, weighting_label
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from bench.config import TensorBoardSettings
-    from bench.grid import TrialSpec
     from bench.probes import Probe
 
 __all__ = ["FOLDER", "TrialLogger", "attach", "hparams_of", "run_names",
@@ -75,19 +76,17 @@ def run_names(trials: Sequence[TrialSpec]) -> dict[str, str]:
     with the labels of the report (non-default hyperparameters; the weighting label names
     the sampling policy and varying training settings). Two trials that would share a name
     get their id appended."""
-    from bench.store import _defaults, _label, _varying_train_keys, weighting_label
-
-    specs = {t.id: t.to_dict(logging=False) for t in trials}
-    varying = _varying_train_keys([{"spec": s} for s in specs.values()])
+    varying = varying_train_keys(trials)
     names: dict[str, str] = {}
-    for trial_id, s in specs.items():
-        weighting = weighting_label(s, varying)
-        if s.get("tasks"):  # single-task baseline: one per task
-            weighting += f" task={','.join(s['tasks'])}"
-        parts = [_label(s["dataset"], _defaults("dataset", s["dataset"]["name"])),
-                 _label(s["sharing"], _defaults("sharing", s["sharing"]["name"])),
-                 weighting, f"seed {s['seed']}"]
-        names[trial_id] = "/".join(_safe(p) for p in parts)
+    for t in trials:
+        weighting = weighting_label(t, varying)
+        if t.tasks:  # single-task baseline: one per task
+            weighting += f" task={','.join(t.tasks)}"
+        labels = t.labels
+        parts = [labels.dataset if labels else t.dataset.name,
+                 labels.sharing if labels else t.sharing.name,
+                 weighting, f"seed {t.seed}"]
+        names[t.id] = "/".join(_safe(p) for p in parts)
     counts: dict[str, int] = {}
     for name in names.values():
         counts[name] = counts.get(name, 0) + 1
@@ -131,7 +130,7 @@ def hparams_of(spec: TrialSpec) -> dict[str, bool | float | str]:
             out[f"{axis}.{key}"] = _scalar(value)
     out["seed"] = float(spec.seed)
     out["task"] = ",".join(spec.tasks) if spec.tasks else "all"
-    for key, value in sorted(spec.train.items()):
+    for key, value in sorted(spec.train.to_dict().items()):
         out[f"train.{key}"] = _scalar(value)
     return out
 
@@ -377,18 +376,16 @@ def write_experiment(run_dir: str | Path, trials: Sequence[TrialSpec]) -> Path:
     return events.path
 
 
-def write_delta_m(run_dir: str | Path, summary: pd.DataFrame, records: Sequence[dict]) -> int:
+def write_delta_m(run_dir: str | Path, summary: pd.DataFrame,
+                  records: Sequence[TrialRecord]) -> int:
     """Δm of each multi-task trial (``analysis.trial_summary``) as its HParams metrics, in
     a small event file of its folder (the one of an earlier report replaced). Trials
     without a TensorBoard folder are skipped; returns how many were written."""
     root = Path(run_dir) / FOLDER
     if summary.empty or not root.is_dir():
         return 0
-    from bench.grid import TrialSpec
-
-    specs = [TrialSpec.from_dict(r["spec"]) for r in records if isinstance(r.get("spec"), dict)]
-    names = run_names(specs)
-    steps = {r["id"]: len(r.get("history") or []) for r in records}
+    names = run_names([r.spec for r in records])
+    steps = {r.id: len(r.history) for r in records}
     written = 0
     for row in summary.itertuples(index=False):
         folder = root / names.get(row.trial_id, "")

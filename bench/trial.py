@@ -18,12 +18,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import data
-from bench.config import Component
 from bench.data import AnyDataset, Split
 from bench.engine import ENGINES, StepContext, train_step
 from bench.environment import collect, resolve_device
-from bench.grid import TrialSpec
 from bench.probes import build_probes
+from bench.records import Status, TrialRecord
 from bench.sampling import (
     DEFAULT_SAMPLING,
     SAMPLING,
@@ -32,6 +31,7 @@ from bench.sampling import (
     MultiInputFeeder,
     SingleInputFeeder,
 )
+from bench.spec import Component, TrainSettings, TrialSpec
 from bench.tasks import Task
 from bench.timing import trial_timing
 from strategies import sharing, weighting
@@ -82,13 +82,13 @@ def _set_determinism(device: torch.device, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def _optimizer(params: list[torch.Tensor], train: dict[str, Any]) -> torch.optim.Optimizer:
-    if train["optimizer"] == "sgd":
+def _optimizer(params: list[torch.Tensor], train: TrainSettings) -> torch.optim.Optimizer:
+    if train.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"]
+            params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
         )
-    cls = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(params, lr=train["lr"], weight_decay=train["weight_decay"])
+    cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
 @torch.no_grad()
@@ -159,7 +159,7 @@ def make_feeder(
     generator: torch.Generator,
 ) -> Feeder:
     """The trial's minibatches: plain batches, or the spec's task-sampling policy."""
-    batch_size = spec.train["batch_size"]
+    batch_size = spec.train.batch_size
     if isinstance(train_split, Split):
         return SingleInputFeeder(tasks, train_split, batch_size, generator)
     component = spec.sampling or Component(DEFAULT_SAMPLING, {})
@@ -195,29 +195,23 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
 def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> dict[str, Any]:
     trial_start = time.perf_counter()
     train = spec.train
-    device = resolve_device(train["device"])
-    _set_determinism(device, train.get("deterministic", False))
+    device = resolve_device(train.device)
+    _set_determinism(device, train.deterministic)
     # CPU results depend on the intra-op thread count, so the trial fixes it itself.
-    torch.set_num_threads(train.get("threads", 1))
+    torch.set_num_threads(train.threads)
     dataset = data.load(spec.dataset.name, **spec.dataset.params)
     tasks = _select_tasks(dataset, spec.tasks)
     splits = _splits(dataset, tasks, device)
     train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
 
     torch.manual_seed(spec.seed)
-    backbone = BackboneSpec(
-        hidden=tuple(spec.model["hidden"]),
-        tower=tuple(spec.model["tower"]),
-        dropout=spec.model["dropout"],
-        kind=spec.model["backbone"],
-        channels=tuple(spec.model["channels"]),
-    )
+    backbone = BackboneSpec.of(spec.model)
     model = sharing.get(
         spec.sharing.name, dataset.input_shape, tasks, backbone, **spec.sharing.params
     ).to(device)
     strategy = weighting.get(spec.weighting.name, **spec.weighting.params)
     strategy.reset(len(tasks), device, seed=spec.seed)
-    engine = ENGINES[train["engine"]]()
+    engine = ENGINES[train.engine]()
     if strategy.needs == "jacobian":
         try:
             engine.require_support(type(strategy), type(model))
@@ -232,7 +226,7 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
         optimizer=_optimizer([*model.parameters(), *strategy.parameters()], train),
         shared=shared,
         task_specific=[p for p in model.parameters() if id(p) not in shared_ids],
-        heads=train.get("heads", "method"),
+        heads=train.heads,
     )
 
     order = torch.Generator().manual_seed(spec.seed)  # minibatch order, independent of init
@@ -244,8 +238,8 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     train_seconds = 0.0
     epoch_seconds: list[float] = []  # training time of each epoch (the first: warm-up)
-    probes = build_probes(spec.probes, [t.name for t in tasks], train["lr"],
-                          total_steps=steps_per_epoch * train["epochs"])
+    probes = build_probes(spec.probes.to_dict(), [t.name for t in tasks], train.lr,
+                          total_steps=steps_per_epoch * train.epochs)
     # Index of the first step with a non-finite loss, kept on the device (no per-step sync).
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     if log is not None:
@@ -253,7 +247,7 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
 
     loop_start = time.perf_counter()
     setup_s = loop_start - trial_start  # data, model, optimizer (and a worker's first imports)
-    for epoch in range(train["epochs"]):
+    for epoch in range(train.epochs):
         start = time.perf_counter()
         if log is not None:
             log.start_epoch(epoch * steps_per_epoch)
@@ -296,7 +290,7 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
             raise Diverged(epoch, int(first_bad_step))
         strategy.end_epoch(mean_losses)
 
-        val_metrics, val_losses = evaluate(model, tasks, val_split, train["eval_batch_size"])
+        val_metrics, val_losses = evaluate(model, tasks, val_split, train.eval_batch_size)
         score = float(val_losses.mean())
         entry: dict[str, Any] = {
             "epoch": epoch,
@@ -315,12 +309,12 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
             best = (score, epoch, copy.deepcopy(model.state_dict()))
 
     if best is None:
-        raise Diverged(train["epochs"] - 1)
+        raise Diverged(train.epochs - 1)
     model.load_state_dict(best[2])
     model.reset_stats()
-    metrics = {"val": evaluate(model, tasks, val_split, train["eval_batch_size"])[0]}
+    metrics = {"val": evaluate(model, tasks, val_split, train.eval_batch_size)[0]}
     architecture_stats = model.stats()  # gathered on the validation split only
-    metrics["test"] = evaluate(model, tasks, test_split, train["eval_batch_size"])[0]
+    metrics["test"] = evaluate(model, tasks, test_split, train.eval_batch_size)[0]
     run_s = time.perf_counter() - loop_start
     result = {
         "metrics": metrics,
@@ -339,17 +333,14 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
         "env": collect(device),
     }
     if log is not None:
-        log.finish(result, steps_per_epoch * train["epochs"])
+        log.finish(result, steps_per_epoch * train.epochs)
     return result
 
 
-def failure_record(spec: TrialSpec, status: str, error: str, **extra: Any) -> dict[str, Any]:
+def failure_record(spec: TrialSpec, status: Status, error: str, **extra: Any) -> TrialRecord:
     """The record of a trial that did not finish ``ok``."""
-    return {
-        "id": spec.id, "spec": spec.to_dict(logging=False), "status": status, "error": error,
-        **extra,
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-    }
+    return TrialRecord.of(spec, status, error=error, **extra,
+                          finished_at=datetime.now(timezone.utc).isoformat())
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -358,7 +349,7 @@ def _is_oom(err: BaseException) -> bool:
     )
 
 
-def execute(spec: TrialSpec, time_limit_s: float | None = None) -> dict[str, Any]:
+def execute(spec: TrialSpec, time_limit_s: float | None = None) -> TrialRecord:
     """Run ``spec`` and return its full record; failures become a status, never an exception.
 
     Statuses: ``ok``; ``diverged`` (with ``diverged_step``); ``oom``; ``timeout``
@@ -366,9 +357,9 @@ def execute(spec: TrialSpec, time_limit_s: float | None = None) -> dict[str, Any
     start = time.perf_counter()
     deadline = start + time_limit_s if time_limit_s is not None else None
     try:
-        record = {"id": spec.id, "spec": spec.to_dict(logging=False), "status": "ok", "error": None,
-                  **run_trial(spec, deadline)}
-        record["finished_at"] = datetime.now(timezone.utc).isoformat()
+        results = run_trial(spec, deadline)
+        record = TrialRecord.of(spec, "ok", error=None, **results,
+                                finished_at=datetime.now(timezone.utc).isoformat())
     except Diverged as err:
         record = failure_record(spec, "diverged", str(err), diverged_epoch=err.epoch,
                                 diverged_step=err.step)
@@ -387,5 +378,4 @@ def execute(spec: TrialSpec, time_limit_s: float | None = None) -> dict[str, Any
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # an OOM must not starve the next trial in this worker
-    record["wall_s"] = time.perf_counter() - start
-    return record
+    return record.model_copy(update={"wall_s": time.perf_counter() - start})

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from bench.errors import ConfigError
 
 if TYPE_CHECKING:  # bench.config imports this module: keep the grid import lazy
-    from bench.grid import TrialSpec
+    from bench.spec import TrialSpec
     from bench.store import RunStore
 
 __all__ = [
@@ -104,7 +104,7 @@ def _check_devices(specs: Sequence[TrialSpec]) -> None:
 
     from bench.environment import resolve_device
 
-    for name in sorted({s.train.get("device", "cpu") for s in specs}):
+    for name in sorted({s.train.device for s in specs}):
         try:
             device = resolve_device(name)
             if device.type == "cuda" and device.index >= torch.cuda.device_count():
@@ -163,11 +163,11 @@ def default_workers() -> int:
 
 def run_one(spec_dict: dict[str, Any], run_dir: str, time_limit_s: float | None) -> tuple[str, str]:
     """Claim, run and store one trial (in whatever process calls it)."""
-    from bench.grid import TrialSpec
+    from bench.spec import TrialSpec
     from bench.store import RunStore
     from bench.trial import execute
 
-    spec = TrialSpec.from_dict(spec_dict)
+    spec = TrialSpec.from_message(spec_dict)
     store = RunStore(run_dir)
     with store.claim(spec.id) as mine:
         if not mine:
@@ -176,7 +176,7 @@ def run_one(spec_dict: dict[str, Any], run_dir: str, time_limit_s: float | None)
             return spec.id, BUSY
         record = execute(spec, time_limit_s=time_limit_s)
         store.write(record)
-    return record["id"], record["status"]
+    return record.id, record.status
 
 
 def run_specs(

@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.errors import SweepError
 from bench.executors import BUSY, ExecutorOptions, default_workers, prepare_worker, run_one
-from bench.grid import TrialSpec
+from bench.spec import TrialSpec
 from bench.store import RunStore
 
 __all__ = ["run_inline", "run_process_pool"]
@@ -52,7 +52,7 @@ def run_inline(
     done: Callable[[str, str], None],
 ) -> None:
     for spec in todo:
-        done(*run_one(spec.to_dict(), str(store.root), options.time_limit_s))
+        done(*run_one(spec.to_message(), str(store.root), options.time_limit_s))
 
 
 def _visible_gpus() -> list[str]:
@@ -220,9 +220,9 @@ def run_process_pool(
     if not todo:
         return
     cores = default_workers()
-    uses_cuda = any(s.train.get("device", "cpu").startswith(("cuda", "auto")) for s in todo)
+    uses_cuda = any(s.train.device.startswith(("cuda", "auto")) for s in todo)
     gpus = tuple(_visible_gpus()) if uses_cuda else ()
-    trial_threads = max(s.train.get("threads", 1) for s in todo)
+    trial_threads = max(s.train.threads for s in todo)
     per_cpu = max(1, cores // trial_threads)
     wanted = options.workers or (len(gpus) * options.trials_per_gpu if gpus else per_cpu)
     n_workers = max(1, min(wanted, len(todo)))
@@ -237,7 +237,7 @@ def run_process_pool(
                 if w.ready and w.task is None and queue:
                     spec = queue.popleft()
                     try:
-                        w.conn.send((spec.to_dict(), run_dir, options.time_limit_s))
+                        w.conn.send((spec.to_message(), run_dir, options.time_limit_s))
                     except OSError:  # it just died: its sentinel tells, the trial waits
                         queue.appendleft(spec)
                         continue

@@ -20,7 +20,7 @@ from bench.executors import (
     optional_module,
     prepare_worker,
 )
-from bench.grid import TrialSpec
+from bench.spec import TrialSpec
 from bench.store import RunStore
 
 __all__ = ["run_ray"]
@@ -32,7 +32,7 @@ def _execute_remote(
     from bench.trial import execute
 
     prepare_worker(threads, plugins)
-    return execute(TrialSpec.from_dict(spec_dict), time_limit_s=time_limit_s)
+    return execute(TrialSpec.from_message(spec_dict), time_limit_s=time_limit_s)
 
 
 def run_ray(
@@ -63,7 +63,7 @@ def run_ray(
                 if not locks.enter_context(store.claim(spec.id)) or store.status(spec.id) == "ok":
                     done(spec.id, BUSY)
                     continue
-                ref = remote.remote(spec.to_dict(), options.time_limit_s,
+                ref = remote.remote(spec.to_message(), options.time_limit_s,
                                     tuple(options.plugins), threads)
                 pending[ref] = spec.id
             try:
@@ -73,7 +73,7 @@ def run_ray(
                         pending.pop(ref)
                         record = ray.get(ref)
                         store.write(record)
-                        done(record["id"], record["status"])
+                        done(record.id, record.status)
             except BaseException:  # interrupted: stop what still runs on the cluster
                 for ref in pending:
                     with contextlib.suppress(Exception):

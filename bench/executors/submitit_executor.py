@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.executors import BUSY, ExecutorOptions, optional_module
 from bench.executors.ray_executor import _execute_remote
-from bench.grid import TrialSpec
+from bench.spec import TrialSpec
 from bench.store import RunStore
 
 __all__ = ["run_submitit"]
@@ -46,7 +46,7 @@ def run_submitit(
         n = len(mine)
         jobs = executor.map_array(
             _execute_remote,
-            [s.to_dict() for s in mine],
+            [s.to_message() for s in mine],
             [options.time_limit_s] * n,
             [tuple(options.plugins)] * n,
             [1] * n,
@@ -60,7 +60,7 @@ def run_submitit(
 
                     record = failure_record(spec, "error", f"submitit job failed: {err}")
                 store.write(record)
-                done(record["id"], record["status"])
+                done(record.id, record.status)
         except BaseException:  # interrupted: cancel the jobs that have not finished
             for job in jobs:
                 with contextlib.suppress(Exception):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from bench.spec import ModelSettings
 from bench.tasks import Task
 
 __all__ = ["BackboneSpec", "SharingArchitecture"]
@@ -29,6 +30,12 @@ class BackboneSpec:
     dropout: float = 0.0
     kind: Literal["mlp", "cnn"] = "mlp"
     channels: tuple[int, ...] = (16, 32)  # conv channels of the CNN backbone
+
+    @classmethod
+    def of(cls, model: ModelSettings) -> BackboneSpec:
+        """The widths of a sweep's (or a trial's) model settings."""
+        return cls(hidden=tuple(model.hidden), tower=tuple(model.tower), dropout=model.dropout,
+                   kind=model.backbone, channels=tuple(model.channels))
 
 
 class SharingArchitecture(nn.Module, ABC):
