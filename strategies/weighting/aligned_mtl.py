@@ -71,6 +71,8 @@ class AlignedMTL(HostGramianWeighting):
     "rmse"); ``pref_vector``: task preferences (default all ones, as the official code).
     """
 
+    permutation_invariant: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
     supports_rep: ClassVar[bool] = True
 
     def __init__(

@@ -22,6 +22,22 @@ Optional needs, declared as class attributes:
 - ``transform_losses``: a differentiable map applied to the losses before the
   Jacobian is taken (e.g. IMTL's learnable loss scales, DB-MTL's log-losses);
   the strategy's own ``parameters()`` get the gradient of their sum.
+
+Properties, declared as class attributes (``False`` unless a method sets them; each one
+set holds with the default hyperparameters, over a whole run from ``reset``, and is checked
+on every registered strategy by tests/unit/weighting/test_properties.py). ``d`` is the
+update direction as a function of the (T, P) Jacobian ``J`` (for a
+:class:`LossWeighting`, ``(d combine / d losses) @ J`` at fixed losses):
+
+- ``non_conflicting``: ``J d >= 0``, no task's loss increases to first order (MGDA,
+  UPGrad, DualProj, FairGrad).
+- ``permutation_invariant``: permuting the tasks (rows of J, losses) keeps ``d`` and
+  permutes the weights (where they are unique); false for methods that draw a random task
+  order (PCGrad, GradVac) or per-task random weights (RLW).
+- ``linear_under_scaling`` (torchjd's): for c1, c2 > 0 and a, b > 0,
+  ``d(diag(a c1 + b c2) J) = a d(diag(c1) J) + b d(diag(c2) J)``; true of every loss
+  weighting (its weights do not depend on J), PCGrad, ConFIG and ExcessMTL.
+- ``scale_equivariant``: ``d(c J) = c d(J)`` for c > 0 (implied by the previous one).
 """
 
 from __future__ import annotations
@@ -86,6 +102,11 @@ class WeightingStrategy(ABC):
     #: method's task weights (the official code backpropagates ``sum_t w_t L_t``).
     #: A sweep overrides it with ``train.heads``.
     head_gradients: ClassVar[Literal["own", "weighted"]] = "own"
+    #: Properties of the direction (see the module docstring); conservative defaults.
+    non_conflicting: ClassVar[bool] = False
+    permutation_invariant: ClassVar[bool] = False
+    linear_under_scaling: ClassVar[bool] = False
+    scale_equivariant: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.num_tasks = 0
@@ -122,6 +143,9 @@ class LossWeighting(WeightingStrategy):
     """A strategy that combines task losses into one scalar to backpropagate."""
 
     needs: ClassVar[Need] = "losses"
+    # The weights depend on the losses only: at fixed losses, w @ J is linear in J.
+    linear_under_scaling: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
 
     @abstractmethod
     def combine(self, losses: torch.Tensor) -> torch.Tensor:

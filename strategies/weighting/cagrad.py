@@ -215,6 +215,8 @@ class CAGrad(HostGramianWeighting):
     which the direction is zero (Pareto-stationary).
     """
 
+    permutation_invariant: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
     supports_rep: ClassVar[bool] = True
 
     def __init__(

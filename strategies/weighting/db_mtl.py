@@ -27,7 +27,7 @@ LibMTL), so the ``rep`` engine is refused.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pydantic
 import torch
@@ -47,6 +47,9 @@ class DBMTL(GradientWeighting):
 
     ``beta``: EMA coefficient; ``beta_sigma``: its decay exponent, beta_k = beta / k^sigma.
     """
+
+    permutation_invariant: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
 
     def __init__(
         self,

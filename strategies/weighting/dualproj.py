@@ -24,6 +24,8 @@ host transfer of the T x T Gramian per step; NaN/Inf raise ``FloatingPointError`
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from strategies.weighting import WEIGHTING
@@ -38,6 +40,9 @@ class DualProj(DualConeWeighting):
     torchjd's Gramian normalisation guard and ridge.
     """
 
+    non_conflicting: ClassVar[bool] = True
+    permutation_invariant: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
     @staticmethod
     def prefs_matrix(prefs: np.ndarray) -> np.ndarray:
         return prefs[None, :]  # one projection: of J^T p

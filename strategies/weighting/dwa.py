@@ -19,7 +19,7 @@ positive is taken as 1 (no change), so a zero loss never produces inf/NaN weight
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pydantic
 import torch
@@ -35,6 +35,8 @@ class DynamicWeightAverage(LossWeighting):
     L_k(t) is task k's mean training loss in epoch t; all weights are 1 in the first
     two epochs. ``temperature`` is the paper's T.
     """
+
+    permutation_invariant: ClassVar[bool] = True
 
     def __init__(self, *, temperature: Annotated[float, pydantic.Field(gt=0)] = 2.0) -> None:
         super().__init__()

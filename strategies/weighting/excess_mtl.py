@@ -40,7 +40,7 @@ Defaults and conventions:
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pydantic
 import torch
@@ -61,6 +61,9 @@ class ExcessMTL(GradientWeighting):
     backpropagates ``sum_t alpha_t L_t``.
     """
 
+    permutation_invariant: ClassVar[bool] = True
+    linear_under_scaling: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
     head_gradients = "weighted"
 
     def __init__(

@@ -33,7 +33,7 @@ when J is scaled by c (invariant for alpha = 1).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import numpy as np
 import pydantic
@@ -108,6 +108,8 @@ class FairGrad(GramianWeighting):
     task's gradient by default, as the official code backpropagates ``sum_t w_t L_t``.
     """
 
+    non_conflicting: ClassVar[bool] = True
+    permutation_invariant: ClassVar[bool] = True
     head_gradients = "weighted"
 
     def __init__(

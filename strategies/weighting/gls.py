@@ -17,6 +17,8 @@ while their geometric mean is 0.1. The losses must be positive.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from strategies.weighting import WEIGHTING
@@ -26,6 +28,8 @@ from strategies.weighting.base import LossWeighting
 @WEIGHTING.register("gls")
 class GeometricLossStrategy(LossWeighting):
     """Geometric loss strategy: L = (prod_t L_t)^(1/T), the geometric mean of the losses."""
+
+    permutation_invariant: ClassVar[bool] = True
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
         total = torch.exp(torch.log(losses).mean())

@@ -41,7 +41,7 @@ Conventions and deviations:
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pydantic
 import torch
@@ -58,6 +58,8 @@ class GradDrop(GradientWeighting):
     ``leak`` in [0, 1] lets that fraction of every dropped gradient through (1: plain sum).
     """
 
+    permutation_invariant: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
     supports_rep = True
 
     def __init__(self, *, leak: Annotated[float, pydantic.Field(ge=0.0, le=1.0)] = 0.0) -> None:

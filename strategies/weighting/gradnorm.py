@@ -38,7 +38,7 @@ All of it runs on the device; no host synchronisation.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pydantic
 import torch
@@ -56,6 +56,8 @@ class GradNorm(GramianWeighting):
     r_t: task t's loss ratio L_t / L_t(0) relative to the mean ratio; ``alpha``: restoring
     force; ``lr``: gradient-step size of the weights.
     """
+
+    permutation_invariant: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -63,6 +63,8 @@ class IMTLG(HostGramianWeighting):
     alpha = G^+ n / 1^T G^+ n with n_t = ||g_t||, from the Gramian (no hyperparameters).
     """
 
+    permutation_invariant: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
     supports_rep: ClassVar[bool] = True
 
     def weights(self, gramian: torch.Tensor, losses: torch.Tensor | None = None) -> torch.Tensor:

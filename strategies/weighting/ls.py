@@ -15,7 +15,7 @@ direction, but with a step four times as large.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pydantic
 import torch
@@ -61,6 +61,8 @@ class LinearScalarization(LossWeighting):
 
     ``weights``: one non-negative weight per task, in the dataset's task order.
     """
+
+    permutation_invariant: ClassVar[bool] = True
 
     def __init__(self, *, weights: WeightVector = None) -> None:
         super().__init__()

@@ -137,6 +137,9 @@ class MGDA(HostGramianWeighting):
     (unit-norm gradients before solving).
     """
 
+    non_conflicting: ClassVar[bool] = True
+    permutation_invariant: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
     supports_rep: ClassVar[bool] = True
 
     def __init__(

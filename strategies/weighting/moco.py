@@ -46,7 +46,7 @@ sort-based closed form), no host sync per step.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import pydantic
 import torch
@@ -89,6 +89,8 @@ class MoCo(GradientWeighting):
     ``variant``: ``"authors"`` (default; constant 0.1 / 0.1 / 0.1) or ``"libmtl"``
     (LibMTL's rule and step sizes); step sizes left at ``None`` take the variant's values.
     """
+
+    permutation_invariant: ClassVar[bool] = True
 
     def __init__(
         self,

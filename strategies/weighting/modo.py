@@ -49,6 +49,7 @@ class MoDo(GradientWeighting):
     update); ``gamma`` is the step size of lambda and ``rho`` its l2 regularisation.
     """
 
+    permutation_invariant: ClassVar[bool] = True
     batches_per_step: ClassVar[int] = 3
 
     def __init__(

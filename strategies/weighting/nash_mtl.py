@@ -85,7 +85,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import pydantic
@@ -294,6 +294,7 @@ class NashMTL(HostGramianWeighting):
     code backpropagates ``sum_t alpha_t L_t`` (``train.heads = "own"`` to change it).
     """
 
+    permutation_invariant: ClassVar[bool] = True
     head_gradients = "weighted"
 
     def __init__(

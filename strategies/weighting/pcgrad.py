@@ -43,6 +43,8 @@ Implementation notes:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from strategies.weighting import WEIGHTING
@@ -77,6 +79,9 @@ class PCGrad(GramianWeighting):
     Each g_i is projected onto the normal plane of every other original g_j it has a
     negative dot product with; the direction is the sum of the projected gradients.
     """
+
+    linear_under_scaling: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()

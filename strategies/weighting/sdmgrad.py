@@ -55,6 +55,7 @@ class SDMGrad(GradientWeighting):
     then the direction (J^T w + lamda g_0) / (1 + lamda) on a third.
     """
 
+    permutation_invariant: ClassVar[bool] = True
     batches_per_step: ClassVar[int] = 3
 
     def __init__(

@@ -15,6 +15,8 @@ change it. As in the reference code there is no epsilon: the losses must be posi
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from strategies.weighting import WEIGHTING
@@ -24,6 +26,8 @@ from strategies.weighting.base import LossWeighting
 @WEIGHTING.register("si")
 class ScaleInvariant(LossWeighting):
     """Scale-invariant loss: L = sum_t log L_t (each task gradient weighted by 1 / L_t)."""
+
+    permutation_invariant: ClassVar[bool] = True
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
         self.last_weights = 1.0 / losses.detach()

@@ -38,7 +38,7 @@ is clamped to the smallest positive float to avoid a division by zero.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import pydantic
 import torch
@@ -67,6 +67,8 @@ class SmoothTchebycheff(LossWeighting):
     Warm-up (epochs 0..warmup_epoch): sum_t log L_t; the reference ``nadir`` is the mean
     training loss of epoch ``warmup_epoch``. ``mu``: smoothing; ``preference``: lambda.
     """
+
+    permutation_invariant: ClassVar[bool] = True
 
     def __init__(
         self,

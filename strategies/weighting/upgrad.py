@@ -38,6 +38,8 @@ step (a sync on an accelerator); NaN/Inf raise ``FloatingPointError``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from strategies.weighting import WEIGHTING
@@ -52,6 +54,9 @@ class UPGrad(DualConeWeighting):
     ``reg_eps`` are torchjd's Gramian normalisation guard and ridge.
     """
 
+    non_conflicting: ClassVar[bool] = True
+    permutation_invariant: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
     @staticmethod
     def prefs_matrix(prefs: np.ndarray) -> np.ndarray:
         return np.diag(prefs)  # one projection per task: of p_i g_i

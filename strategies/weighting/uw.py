@@ -19,6 +19,8 @@ depend on its loss type.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -33,6 +35,8 @@ class UncertaintyWeighting(LossWeighting):
     The log-variances start at 0 and are returned by ``parameters()`` for the model's
     optimizer; ``last_weights`` is 0.5 exp(-s).
     """
+
+    permutation_invariant: ClassVar[bool] = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -33,6 +33,8 @@ transfer of the T x T Gramian per step (the eigendecomposition); NaN/Inf raise
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
@@ -74,6 +76,10 @@ class ConFIG(HostGramianWeighting):
 
     ``pref_vector``: the target cosines' ratios (default all ones).
     """
+
+    permutation_invariant: ClassVar[bool] = True
+    linear_under_scaling: ClassVar[bool] = True
+    scale_equivariant: ClassVar[bool] = True
 
     def __init__(self, *, pref_vector: list[float] | None = None) -> None:
         super().__init__()
