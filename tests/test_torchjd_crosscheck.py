@@ -33,6 +33,8 @@ import warnings
 
 import pytest
 import torch
+from unit.weighting._inputs import cosine
+from unit.weighting._inputs import direction as ours
 
 from strategies.weighting import get
 from strategies.weighting._solvers import min_norm_weights
@@ -61,20 +63,10 @@ def matrices() -> list:
     return list(_matrices())
 
 
-def ours(name: str, jac: torch.Tensor, **hyper) -> torch.Tensor:
-    strategy = get(name, **hyper)
-    strategy.reset(jac.shape[0], jac.device)
-    return strategy.aggregate(jac)
-
-
 def theirs(aggregator, jac: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return aggregator(jac)
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a @ b / (a.norm() * b.norm())).item()
 
 
 def assert_same(d: torch.Tensor, reference: torch.Tensor, min_cos: float, norm_rtol: float):

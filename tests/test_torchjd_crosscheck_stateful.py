@@ -36,31 +36,9 @@ from torchjd.aggregation import (
     PCGrad,
     SDMGradWeighting,
 )
+from unit.weighting._inputs import DEVICES, F64, cosine, make, random_jacobian
 
-from strategies.weighting import get
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-F64 = torch.float64
 CLOSED_FORM, ITERATIVE = 0.9999, 0.999
-
-
-def make(name: str, num_tasks: int, device: str, seed: int = 0, **hyper):
-    strategy = get(name, **hyper)
-    strategy.reset(num_tasks, torch.device(device), seed)
-    return strategy
-
-
-def random_jacobian(num_tasks: int, dim: int, seed: int, device: str) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    common = torch.randn(dim, generator=gen, dtype=F64)
-    strength = torch.rand(num_tasks, 1, generator=gen, dtype=F64) * 2 - 0.5
-    scales = torch.rand(num_tasks, 1, generator=gen, dtype=F64) * 3 + 0.1
-    rows = torch.randn(num_tasks, dim, generator=gen, dtype=F64) + strength * common
-    return (scales * rows).to(device)
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a @ b / (a.norm() * b.norm())).item()
 
 
 @pytest.mark.parametrize("device", DEVICES)
