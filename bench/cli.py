@@ -67,8 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: results/<sweep name>)")
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a spec key, e.g. train.epochs=3")
-    run.add_argument("--executor", choices=["inline", "process", "ray", "submitit"],
-                     help="override the spec's executor")
+    run.add_argument("--executor", metavar="NAME",
+                     help="override the spec's executor (process, inline, ray, submitit, "
+                          "or one a plugin registers)")
     run.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     run.add_argument("--ray-address", help="address of an existing Ray cluster")
     run.add_argument("--time-limit", type=float, metavar="SECONDS", help="per-trial time limit")

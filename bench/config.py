@@ -13,13 +13,14 @@ import dataclasses
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import pydantic
 import tomllib
 from pydantic import Field
 
 from bench.errors import ConfigError
+from bench.executors import EXECUTORS
 from bench.registry import Registry, suggest
 from bench.spec import (
     AXES,
@@ -68,7 +69,7 @@ class _RawSpec(pydantic.BaseModel):
     train_grid: dict[str, list[Any]] = {}
     probes: ProbeSettings = ProbeSettings()
     tensorboard: TensorBoardSettings = TensorBoardSettings()
-    executor: Literal["inline", "process", "ray", "submitit"] = "process"
+    executor: str = "process"  # a name in bench.executors.EXECUTORS
     workers: Annotated[int, Field(ge=1, le=1024)] | None = None
     time_limit_s: Annotated[float, Field(gt=0)] | None = None
     gpus_per_trial: Annotated[float, Field(ge=0, le=64)] = 0.0
@@ -344,6 +345,14 @@ def check_run_dir(out: str | Path) -> None:
             raise ConfigError(f"--out {path}: cannot write in {folder}: {reason}") from None
 
 
+def _executor_name(name: str, source: str) -> str:
+    try:
+        EXECUTORS.get(name)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: executor: {err}") from None
+    return name
+
+
 def load_spec(
     path: str | Path | None = None,
     *,
@@ -404,7 +413,7 @@ def load_spec(
         train=parsed.train,
         probes=parsed.probes,
         executor=ExecutorOptions(
-            kind=parsed.executor,
+            kind=_executor_name(parsed.executor, source),
             workers=parsed.workers,
             time_limit_s=parsed.time_limit_s,
             plugins=tuple(parsed.plugins),

@@ -32,11 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import SweepError
-from bench.executors import BUSY, ExecutorOptions, default_workers, prepare_worker, run_one
-from bench.spec import TrialSpec
+from bench.executors.base import (
+    BUSY,
+    EXECUTORS,
+    Done,
+    Executor,
+    default_workers,
+    prepare_worker,
+    run_one,
+)
+from bench.spec import ExecutorOptions, TrialSpec
 from bench.store import RunStore
 
-__all__ = ["run_inline", "run_process_pool"]
+__all__ = ["InlineExecutor", "ProcessExecutor", "run_inline", "run_process_pool"]
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 WATCHDOG_S = 1.0  # how often a worker checks that its parent is alive (fallback)
@@ -281,3 +289,24 @@ def _handle(w: _Worker, done: Callable[[str, str], None]) -> bool:
     except (EOFError, OSError):
         return True
     return not w.process.is_alive()
+
+
+@EXECUTORS.register("inline")
+class InlineExecutor(Executor):
+    """One trial after the other in this process (for debugging)."""
+
+    local = True
+
+    def run(self, todo: Sequence[TrialSpec], store: RunStore, done: Done) -> None:
+        run_inline(todo, store, self.options, done)
+
+
+@EXECUTORS.register("process")
+class ProcessExecutor(Executor):
+    """A supervised pool of spawned worker processes, one per core by default (see the
+    module docstring)."""
+
+    local = True
+
+    def run(self, todo: Sequence[TrialSpec], store: RunStore, done: Done) -> None:
+        run_process_pool(todo, store, self.options, done)

@@ -13,26 +13,20 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.executors import (
+from bench.executors.base import (
     BUSY,
-    ExecutorOptions,
+    EXECUTORS,
+    Done,
+    Executor,
+    check_ray_address,
     default_workers,
+    execute_remote,
     optional_module,
-    prepare_worker,
 )
-from bench.spec import TrialSpec
+from bench.spec import ExecutorOptions, TrialSpec
 from bench.store import RunStore
 
-__all__ = ["run_ray"]
-
-
-def _execute_remote(
-    spec_dict: dict[str, Any], time_limit_s: float | None, plugins: tuple[str, ...], threads: int
-) -> dict[str, Any]:
-    from bench.trial import execute
-
-    prepare_worker(threads, plugins)
-    return execute(TrialSpec.from_message(spec_dict), time_limit_s=time_limit_s)
+__all__ = ["RayExecutor", "run_ray"]
 
 
 def run_ray(
@@ -53,9 +47,9 @@ def run_ray(
                      log_to_driver=False)
     try:
         cpus = ray.cluster_resources().get("CPU", 1)
-        threads = max(s.train.get("threads", 1) for s in todo)
+        threads = max(s.train.threads for s in todo)
         remote = ray.remote(num_cpus=min(threads, cpus), num_gpus=options.gpus_per_trial)(
-            _execute_remote
+            execute_remote
         )
         with contextlib.ExitStack() as locks:
             pending: dict[Any, str] = {}
@@ -82,3 +76,19 @@ def run_ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+@EXECUTORS.register("ray")
+class RayExecutor(Executor):
+    """Ray tasks on the cluster at ``ray_address``, or on a local Ray started on the spot
+    (extra ``mtlbench[ray]``)."""
+
+    requires = "ray"
+
+    def preflight(self, specs: Sequence[TrialSpec]) -> None:
+        super().preflight(specs)
+        if self.options.ray_address:
+            check_ray_address(self.options.ray_address)
+
+    def run(self, todo: Sequence[TrialSpec], store: RunStore, done: Done) -> None:
+        run_ray(todo, store, self.options, done)

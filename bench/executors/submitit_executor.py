@@ -12,9 +12,15 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.executors import BUSY, ExecutorOptions, optional_module
-from bench.executors.ray_executor import _execute_remote
-from bench.spec import TrialSpec
+from bench.executors.base import (
+    BUSY,
+    EXECUTORS,
+    Done,
+    Executor,
+    execute_remote,
+    optional_module,
+)
+from bench.spec import ExecutorOptions, TrialSpec
 from bench.store import RunStore
 
 __all__ = ["run_submitit"]
@@ -45,7 +51,7 @@ def run_submitit(
             return
         n = len(mine)
         jobs = executor.map_array(
-            _execute_remote,
+            execute_remote,
             [s.to_message() for s in mine],
             [options.time_limit_s] * n,
             [tuple(options.plugins)] * n,
@@ -67,3 +73,13 @@ def run_submitit(
                     if not job.done():
                         job.cancel(check=False)
             raise
+
+
+@EXECUTORS.register("submitit")
+class SubmititExecutor(Executor):
+    """SLURM job arrays through submitit (extra ``mtlbench[submitit]``)."""
+
+    requires = "submitit"
+
+    def run(self, todo: Sequence[TrialSpec], store: RunStore, done: Done) -> None:
+        run_submitit(todo, store, self.options, done)

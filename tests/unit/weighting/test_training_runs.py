@@ -56,11 +56,11 @@ def test_strategies_train(write_spec, device, weighting, engine):
     trials = [t for t in expand(load_spec(write_spec(text))) if not t.is_baseline]
     (trial,) = trials
     record = execute(trial)
-    assert record["status"] == "ok", record.get("traceback", record["error"])
-    history = record["history"]
+    assert record.ok, record.traceback or record.error
+    history = record.history
     assert len(history) == 3
-    assert all(math.isfinite(v) for h in history for v in h["train_loss"].values())
-    weights = history[-1]["weights"]
+    assert all(math.isfinite(v) for h in history for v in h.train_loss.values())
+    weights = history[-1].weights
     assert set(weights) == {"t1", "t2"} and all(math.isfinite(w) for w in weights.values())
 
 
@@ -85,10 +85,10 @@ def test_multi_batch_methods_train_through_trials(write_spec):
     assert {t.weighting.name for t in trials} == {"sdmgrad", "modo"}
     for trial in trials:
         record = execute(trial)
-        assert record["status"] == "ok", record.get("traceback")
-        assert len(record["history"]) == 2
-        for entry in record["history"]:
-            assert sum(entry["weights"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert record.ok, record.traceback
+        assert len(record.history) == 2
+        for entry in record.history:
+            assert sum(entry.weights.values()) == pytest.approx(1.0, abs=1e-5)
 
 
 
@@ -113,8 +113,8 @@ def test_trials_record_strategy_stats(write_spec):
     trials = [t for t in expand(load_spec(spec)) if not t.is_baseline]
     records = {t.weighting.name: execute(t) for t in trials}
     for record in records.values():
-        assert record["status"] == "ok", record.get("traceback")
-    nash = records["nash_mtl"]["strategy_stats"]
+        assert record.ok, record.traceback
+    nash = records["nash_mtl"].strategy_stats
     assert nash["nash_solves"] == 4.0  # 2 epochs x 2 steps
     assert 0.0 <= nash["nash_point_reached_fraction"] <= 1.0
-    assert records["pcgrad"]["strategy_stats"] == {}
+    assert records["pcgrad"].strategy_stats == {}
