@@ -5,7 +5,7 @@ trials whose best epoch is their last one flagged (probably not converged)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -13,6 +13,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from bench.records import TrialRecord
     from bench.report import _Doc
 
 __all__ = ["BASELINE", "curve_frame", "learning_curves", "section"]
@@ -22,25 +23,25 @@ COLUMNS = ["trial_id", "dataset", "strategy", "seed", "task", "epoch", "val_loss
            "best_epoch", "last_epoch_best"]
 
 
-def curve_frame(records: list[dict[str, Any]], labels: pd.DataFrame) -> pd.DataFrame:
+def curve_frame(records: list[TrialRecord], labels: pd.DataFrame) -> pd.DataFrame:
     """One row per finished trial x task x epoch: its validation loss, the trial's selected
     epoch and whether that is its last one. Baselines carry the strategy ``BASELINE``."""
     rows = []
     by_id = labels.to_dict("index")
     for rec in records:
-        lab = by_id.get(rec.get("id"))
-        history = rec.get("history") or []
-        if lab is None or rec.get("status") != "ok" or not history:
+        lab = by_id.get(rec.id)
+        history = rec.history
+        if lab is None or not rec.ok or not history:
             continue
         strategy = BASELINE if not pd.isna(lab["baseline_task"]) else lab["strategy"]
-        best = rec.get("best_epoch")
+        best = rec.best_epoch
         last = best is not None and len(history) > 1 and best == len(history) - 1
         for h in history:
-            for task, metrics in (h.get("val") or {}).items():
+            for task, metrics in h.val.items():
                 loss = (metrics or {}).get("loss")
                 if loss is not None:
-                    rows.append([rec["id"], lab["dataset"], strategy, lab["seed"], task,
-                                 h.get("epoch"), float(loss), best, last])
+                    rows.append([rec.id, lab["dataset"], strategy, lab["seed"], task,
+                                 h.epoch, float(loss), best, last])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -94,7 +95,7 @@ def learning_curves(curves: pd.DataFrame, title: str) -> Figure | None:
     return fig
 
 
-def section(doc: _Doc, records: list[dict[str, Any]], labels: pd.DataFrame) -> None:
+def section(doc: _Doc, records: list[TrialRecord], labels: pd.DataFrame) -> None:
     """The report's "Learning curves" section: a figure per dataset, and a note naming the
     strategies with trials whose best epoch is the last."""
     from bench.report import LAST_EPOCH, Block, slug

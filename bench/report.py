@@ -33,6 +33,7 @@ import pandas as pd
 from bench import analysis, curves, recommend, store, tensorboard
 from bench.errors import ConfigError, error_summary
 from bench.probes import AUTO_PROBES, MIN_PROBED_STEPS
+from bench.records import TrialRecord
 from bench.tasks import HIGHER_IS_BETTER
 from bench.timing import SPREAD_FLAG, relative_spread
 
@@ -230,11 +231,12 @@ def _labels(tidy: pd.DataFrame) -> pd.DataFrame:
     return lab
 
 
-def _mtl_ok(records: Iterable[dict], labels: pd.DataFrame) -> Iterable[tuple[dict, dict]]:
+def _mtl_ok(records: Iterable[TrialRecord], labels: pd.DataFrame
+            ) -> Iterable[tuple[TrialRecord, dict]]:
     rows = labels.to_dict("index")  # a dict per trial: .loc per record is slow at 10k trials
     for rec in records:
-        lab = rows.get(rec.get("id"))
-        if lab is not None and rec.get("status") == "ok" and pd.isna(lab["baseline_task"]):
+        lab = rows.get(rec.id)
+        if lab is not None and rec.ok and pd.isna(lab["baseline_task"]):
             yield rec, lab
 
 
@@ -575,14 +577,14 @@ def _negative_transfer(doc: _Doc, intervals: pd.DataFrame) -> None:
                    "intervals; red circles mark negative transfer.")
 
 
-def _relationships(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None:
+def _relationships(doc: _Doc, records: list[TrialRecord], labels: pd.DataFrame) -> None:
     from bench import plots
 
     sec = doc.section("Task relationships")
     conflict_rows, cosine_rows, affinity_rows, expert_rows = [], [], [], []
     for rec, lab in _mtl_ok(records, labels):
         key = {"dataset": lab["dataset"], "strategy": lab["strategy"], "seed": lab["seed"]}
-        probes = rec.get("probes") or {}
+        probes = rec.probes
         conflict = probes.get("conflict") or {}
         steps = conflict.get("steps") or []
         fractions = conflict.get("conflict_fraction") or {}
@@ -613,7 +615,7 @@ def _relationships(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None
             for tj, v in (row or {}).items():
                 affinity_rows.append({**key, "task_i": ti, "task_j": tj, "affinity": v,
                                       "probed_steps": observed})
-        util = (rec.get("architecture_stats") or {}).get("expert_utilisation") or {}
+        util = rec.architecture_stats.get("expert_utilisation") or {}
         for task, ws in util.items():
             for e, w in enumerate(ws or []):
                 expert_rows.append({**key, "task": task, "expert": e, "weight": w})
@@ -811,7 +813,7 @@ def _cost(doc: _Doc, tidy: pd.DataFrame, cells: pd.DataFrame, trials: pd.DataFra
                "at their most common value).")
 
 
-def _toy_landscape(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None:
+def _toy_landscape(doc: _Doc, records: list[TrialRecord], labels: pd.DataFrame) -> None:
     """Trajectories recorded by the ``landscape`` architecture on ``toy2`` trials."""
     import numpy as np
     import torch
@@ -822,19 +824,19 @@ def _toy_landscape(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None
     rows, finals = [], []
     scale = 1.0
     for rec in records:
-        traj = (rec.get("architecture_stats") or {}).get("trajectory")
-        if rec.get("status") != "ok" or not traj or rec["spec"]["dataset"]["name"] != "toy2":
+        traj = rec.architecture_stats.get("trajectory")
+        if not rec.ok or not traj or rec.spec.dataset.name != "toy2":
             continue
-        params = rec["spec"]["dataset"]["params"]
+        params = rec.spec.dataset.params
         scale = params.get("scale", 1.0)
-        method = labels.loc[rec["id"], "weighting"] if rec["id"] in labels.index else (
-            rec["spec"]["weighting"]["name"])
+        method = labels.loc[rec.id, "weighting"] if rec.id in labels.index else (
+            rec.spec.weighting.name)
         start = STARTS[params.get("start", 0)]
-        every = rec["architecture_stats"].get("trajectory_every", 1)
+        every = rec.architecture_stats.get("trajectory_every", 1)
         for i, (x1, x2) in enumerate(traj):
             rows.append({"method": method, "start": str(start), "step": i * every,
                          "x1": x1, "x2": x2})
-        f1, f2 = (rec["metrics"]["test"][t]["value"] for t in ("f1", "f2"))
+        f1, f2 = (rec.metrics["test"][t]["value"] for t in ("f1", "f2"))
         finals.append({"method": method, "start": str(start), "x1": traj[-1][0],
                        "x2": traj[-1][1], "f1": f1, "f2": f2})
     if not rows:
@@ -875,11 +877,11 @@ def _toy_landscape(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None
               "is better on both objectives by more than 1% of the front's range.")
 
 
-def _environment(doc: _Doc, records: list[dict]) -> None:
+def _environment(doc: _Doc, records: list[TrialRecord]) -> None:
     sec = doc.section("Environment")
     values: dict[str, Counter] = {}
     for rec in records:
-        for k, v in (rec.get("env") or {}).items():
+        for k, v in rec.env.items():
             values.setdefault(str(k), Counter())[json.dumps(v, sort_keys=True)
                                                  if not isinstance(v, str) else v] += 1
     if not values:
@@ -892,31 +894,31 @@ def _environment(doc: _Doc, records: list[dict]) -> None:
               "Environment of the trials (values that differ between trials are counted)")
 
 
-def _failed(doc: _Doc, records: list[dict], labels: pd.DataFrame) -> None:
+def _failed(doc: _Doc, records: list[TrialRecord], labels: pd.DataFrame) -> None:
     sec = doc.section("Failed trials")
     rows = []
     for rec in records:
-        if rec.get("status") == "ok" or rec.get("id") not in labels.index:
+        if rec.ok or rec.id not in labels.index:
             continue
-        lab = labels.loc[rec["id"]]
-        rows.append({"trial_id": rec["id"], "dataset": lab["dataset"],
+        lab = labels.loc[rec.id]
+        rows.append({"trial_id": rec.id, "dataset": lab["dataset"],
                      "sharing": lab["sharing"], "weighting": lab["weighting"],
-                     "seed": lab["seed"], "status": rec.get("status"),
-                     "error": error_summary(rec.get("error"))})  # as `run` names it
+                     "seed": lab["seed"], "status": rec.status,
+                     "error": error_summary(rec.error)})  # as `run` names it
     if not rows:
         sec.blocks.append(Block("para", text="All trials finished ok."))
         return
     doc.table(sec, "failed", pd.DataFrame(rows), "Trials that did not finish ok")
 
 
-def _weights(records: list[dict], labels: pd.DataFrame) -> pd.DataFrame:
+def _weights(records: list[TrialRecord], labels: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for rec, lab in _mtl_ok(records, labels):
-        for h in rec.get("history") or []:
-            for task, w in (h.get("weights") or {}).items():
+        for h in rec.history:
+            for task, w in (h.weights or {}).items():
                 if w is not None:
                     rows.append({"dataset": lab["dataset"], "strategy": lab["strategy"],
-                                 "seed": lab["seed"], "epoch": h.get("epoch"), "task": task,
+                                 "seed": lab["seed"], "epoch": h.epoch, "task": task,
                                  "weight": float(w)})
     df = pd.DataFrame(rows, columns=["dataset", "strategy", "seed", "epoch", "task", "weight"])
     if df.empty:
@@ -927,18 +929,22 @@ def _weights(records: list[dict], labels: pd.DataFrame) -> pd.DataFrame:
     return df[keep].reset_index(drop=True)
 
 
-def _trials(records: list[dict], labels: pd.DataFrame) -> pd.DataFrame:
+def _trials(records: list[TrialRecord], labels: pd.DataFrame) -> pd.DataFrame:
     rows = []
     by_id = labels.to_dict("index")
     for rec in records:
-        if rec.get("id") not in by_id:
+        if rec.id not in by_id:
             continue
-        timing = rec.get("timing") or {}
-        rows.append({"trial_id": rec["id"], **by_id[rec["id"]],
-                     "samples_per_s": timing.get("samples_per_s", math.nan),
-                     "step_s": timing.get("step_s", math.nan),
-                     "setup_s": timing.get("setup_s", math.nan),
-                     "warmup_s": timing.get("warmup_s", math.nan)})
+        t = rec.timing
+
+        def num(v: float | None) -> float:
+            return math.nan if v is None else float(v)
+
+        rows.append({"trial_id": rec.id, **by_id[rec.id],
+                     "samples_per_s": num(t.samples_per_s) if t else math.nan,
+                     "step_s": num(t.step_s) if t else math.nan,
+                     "setup_s": num(t.setup_s) if t else math.nan,
+                     "warmup_s": num(t.warmup_s) if t else math.nan})
     return pd.DataFrame(rows)
 
 

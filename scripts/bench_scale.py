@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,12 +56,12 @@ def sweep_text(trials: int) -> str:
     )
 
 
-def _templates(trials: list) -> dict[tuple[str, str, tuple[str, ...] | None], dict]:
+def _templates(trials: list) -> dict[tuple[str, str, tuple[str, ...] | None], Any]:
     """One real record per (dataset, kind): a multi-task ``hps``/``ew`` trial and each
     single-task baseline, to clone."""
     from bench.trial import execute
 
-    out: dict[tuple[str, str, tuple[str, ...] | None], dict] = {}
+    out: dict[tuple[str, str, tuple[str, ...] | None], Any] = {}
     for spec in trials:
         key = (spec.dataset.name, "baseline" if spec.is_baseline else "mtl", spec.tasks)
         if key[1] == "mtl":
@@ -69,7 +70,7 @@ def _templates(trials: list) -> dict[tuple[str, str, tuple[str, ...] | None], di
                 continue
         if key not in out:
             rec = execute(spec)
-            assert rec["status"] == "ok", rec.get("error")
+            assert rec.ok, rec.error
             out[key] = rec
     return out
 
@@ -77,6 +78,7 @@ def _templates(trials: list) -> dict[tuple[str, str, tuple[str, ...] | None], di
 def build(run_dir: Path, trials: int) -> None:
     from bench.config import load_spec
     from bench.grid import expand
+    from bench.records import dumps
     from bench.store import RunStore
 
     text = sweep_text(trials)
@@ -91,15 +93,19 @@ def build(run_dir: Path, trials: int) -> None:
     for t in specs:
         key = ((t.dataset.name, "baseline", t.tasks) if t.is_baseline
                else (t.dataset.name, "mtl", None))
-        rec = json.loads(json.dumps(templates[key]))
-        rec["id"], rec["spec"] = t.id, t.to_dict()
-        for per_task in rec["metrics"].values():
-            for metrics in per_task.values():
-                for name, value in metrics.items():
-                    metrics[name] = float(value) * float(rng.uniform(0.9, 1.1))
-        rec["timing"]["step_s"] *= float(rng.uniform(0.8, 1.2))
+        template = templates[key]
+        metrics = {split: {task: {name: None if value is None
+                                  else float(value) * float(rng.uniform(0.9, 1.1))
+                                  for name, value in values.items()}
+                           for task, values in per_task.items()}
+                   for split, per_task in template.metrics.items()}
+        timing = template.timing.model_copy(update={
+            "step_s": template.timing.step_s * float(rng.uniform(0.8, 1.2))})
+        rec = template.model_copy(update={
+            "id": t.id, "spec": t, "baselines": dict(t.baselines), "labels": t.labels,
+            "metrics": metrics, "timing": timing})
         # Plain writes: the atomic fsync'd path would only slow the set-up down.
-        (trials_dir / f"{t.id}.json").write_text(json.dumps(rec, indent=1, sort_keys=True))
+        (trials_dir / f"{t.id}.json").write_text(dumps(rec))
     RunStore(run_dir).write_manifest(spec.to_dict(), [t.id for t in specs])
 
 

@@ -27,15 +27,15 @@ epochs = 1
 def test_match_params_gives_every_architecture_the_target_size(write_spec):
     trials = expand(load_spec(write_spec(MATCHED)))
     mtl = [t for t in trials if not t.is_baseline]
-    target = mtl[0].model["matched_parameters"]
+    target = mtl[0].model.matched_parameters
     for t in mtl:
         record = execute(t)
-        assert record["status"] == "ok"
-        assert abs(record["parameters"] - target) <= 0.1 * target, t.sharing.name
+        assert record.ok
+        assert abs(record.parameters - target) <= 0.1 * target, t.sharing.name
     # Baselines keep the sweep's own widths and are shared by all architectures.
     base_ids = {baseline_of(t, "t1").id for t in mtl}
     assert len(base_ids) == 1
-    assert next(t for t in trials if t.is_baseline).model["hidden"] == [32, 32]
+    assert next(t for t in trials if t.is_baseline).model.hidden == [32, 32]
 
 
 def test_match_params_names_a_known_architecture(write_spec):
@@ -50,7 +50,8 @@ def test_impossible_architecture_is_refused_before_running(write_spec):
 
 
 def test_soft_sharing_penalty_reaches_the_gradients():
-    from bench.engine import ENGINES, StepContext, apply_gradients
+    from bench.assembly import step_context
+    from bench.engine import ENGINES, apply_gradients
     from bench.tasks import Task
     from strategies import sharing, weighting
 
@@ -62,9 +63,8 @@ def test_soft_sharing_penalty_reaches_the_gradients():
         x, y = torch.randn(8, 4), torch.randn(8)
         out = model(x)
         losses = torch.stack([t.loss(out[t.name], y) for t in tasks])
-        ctx = StepContext(model, weighting.get("ew"), ENGINES["loop"](),
-                          torch.optim.SGD(model.parameters(), lr=0.1), [],
-                          list(model.parameters()))
+        ctx = step_context(model, weighting.get("ew"), ENGINES["loop"](),
+                           torch.optim.SGD(model.parameters(), lr=0.1), shared=[])
         apply_gradients([losses], ctx)
         return [p.grad.clone() for p in model.parameters()]
 
@@ -91,12 +91,12 @@ def test_toy_landscape_moves_the_point_and_records_its_trajectory(write_spec):
     assert all(not t.is_baseline for t in trials)  # no single-task baselines for objectives
     for t in trials:
         rec = execute(t)
-        assert rec["status"] == "ok", rec["error"]
-        traj = rec["architecture_stats"]["trajectory"]
+        assert rec.ok, rec.error
+        traj = rec.architecture_stats["trajectory"]
         assert traj[0] == [-8.5, 7.5] and len(traj) == 400 // 50
         start = toy_losses(torch.tensor(traj[0])).sum()
         end = toy_losses(torch.tensor(traj[-1])).sum()
         assert end < start  # descending the average loss
         # The reported objectives are those of the point after training, below the start's.
-        values = [rec["metrics"]["test"][f]["value"] for f in ("f1", "f2")]
+        values = [rec.metrics["test"][f]["value"] for f in ("f1", "f2")]
         assert sum(values) < float(start)

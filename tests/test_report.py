@@ -4,6 +4,7 @@ synthetic records with the optional fields (probes, speed records, expert utilis
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -17,10 +18,10 @@ import pytest
 
 from bench import compare
 from bench.cli import main as cli_main
-from bench.config import Component
 from bench.errors import ConfigError
-from bench.grid import TrialSpec, baseline_of
+from bench.records import TrialRecord
 from bench.report import latex_escape, load_speed, write_report
+from bench.spec import Component, TrainSettings, TrialModel, TrialSpec
 from bench.store import RunStore
 
 EVIL_DATASET = '<script>alert("ds")</script>'
@@ -61,8 +62,16 @@ def _spec(dataset: str, sharing: str, weighting: str, seed: int,
     return TrialSpec(
         dataset=Component(dataset, {}), sharing=Component(sharing, {}),
         weighting=Component(weighting, dict(params or {})), seed=seed,
-        model={"hidden": [8]}, train={"epochs": 3, "engine": "loop"},
+        model=TrialModel(hidden=[8]), train=TrainSettings(epochs=3, engine="loop"),
     )
+
+
+def baseline_of(spec: TrialSpec, task: str) -> TrialSpec:
+    """The single-task baseline of ``spec`` for ``task`` (stl/ew, by the schema-1 rule:
+    the synthetic datasets are not registered, so no registry labels them)."""
+    return TrialSpec(dataset=spec.dataset, sharing=Component("stl", {}),
+                     weighting=Component("ew", {}), seed=spec.seed, model=spec.model,
+                     train=spec.train, tasks=(task,))
 
 
 def _metrics(tasks: dict[str, str], values: dict[str, float]) -> dict:
@@ -75,7 +84,8 @@ def _metrics(tasks: dict[str, str], values: dict[str, float]) -> dict:
 
 
 def _record(spec: TrialSpec, tasks: dict[str, str], values: dict[str, float], *,
-            rng: np.random.Generator, status: str = "ok", extra: dict | None = None) -> dict:
+            rng: np.random.Generator, status: str = "ok", extra: dict | None = None
+            ) -> TrialRecord:
     names = list(tasks)
     history = []
     for epoch in range(3):
@@ -88,8 +98,9 @@ def _record(spec: TrialSpec, tasks: dict[str, str], values: dict[str, float], *,
                         else dict(zip(names, w.tolist(), strict=True))),
         })
     step_s = {"ew": 0.002, "mgda": 0.006, "pcgrad": 0.009}.get(spec.weighting.name, 0.003)
+    if spec.tasks is None:
+        spec = dataclasses.replace(spec, baselines={t: baseline_of(spec, t).id for t in names})
     rec = {
-        "id": spec.id, "spec": spec.to_dict(), "status": status,
         "error": None if status == "ok" else "Traceback ...\nRuntimeError: boom <b>bad</b>",
         "metrics": _metrics(tasks, values) if status == "ok" else {},
         "history": history if status == "ok" else [],
@@ -103,7 +114,7 @@ def _record(spec: TrialSpec, tasks: dict[str, str], values: dict[str, float], *,
         "tasks": names,
     }
     rec.update(extra or {})
-    return rec
+    return TrialRecord.of(spec, status, **rec)
 
 
 def _probes(names: list[str], rng: np.random.Generator, steps=(0, 10, 20, 30, 40, 50)) -> dict:
@@ -354,15 +365,15 @@ def test_report_flags_unconverged_trials_and_noisy_step_times(tmp_path):
         "a": "binary", "b": "binary"}}, extras=False, ls=False)
     store = RunStore(run)
     for rec in list(store.records()):
-        name = rec["spec"]["weighting"]["name"]
+        name = rec.spec.weighting.name
         # 3 epochs: mgda and the baselines of task a end on their best validation epoch.
-        last = name == "mgda" or rec["spec"]["tasks"] == ["a"]
-        rec["best_epoch"] = 2 if last else 1
-        if name == "pcgrad":
-            rec["timing"]["step_spread"] = 0.6  # per-epoch step times all over the place
-        if name == "ew" and rec["spec"]["tasks"] is None and rec["spec"]["seed"] == 0:
-            rec["wall_s"] = 5.7  # a worker's first trial: start-up outside trial_s
-        store.write(rec)
+        last = name == "mgda" or rec.spec.tasks == ("a",)
+        update: dict = {"best_epoch": 2 if last else 1}
+        if name == "pcgrad":  # per-epoch step times all over the place
+            update["timing"] = rec.timing.model_copy(update={"step_spread": 0.6})
+        if name == "ew" and rec.spec.tasks is None and rec.spec.seed == 0:
+            update["wall_s"] = 5.7  # a worker's first trial: start-up outside trial_s
+        store.write(rec.model_copy(update=update))
     md = write_report(run).read_text("utf-8")
     table = md[md.index("### toy2"):md.index("## Rankings")]
     assert "best = last epoch" in table
@@ -397,21 +408,23 @@ def _compare(*argv: str) -> int:
 def test_compare_flags_the_changed_strategy(real_run, tmp_path, capsys):
     run_b = tmp_path / "b"
     shutil.copytree(real_run, run_b)
-    for path in (run_b / "trials").glob("*.json"):
-        rec = json.loads(path.read_text())
-        if rec["spec"]["weighting"]["name"] != "mgda":
+    store = RunStore(run_b)
+    factors = {"auc": 0.7, "accuracy": 0.7, "mse": 1.5, "mae": 1.5}
+    for rec in list(store.records()):
+        if rec.spec.weighting.name != "mgda":
             continue
-        for split in rec["metrics"].values():
-            for metrics in split.values():
-                for m, factor in (("auc", 0.7), ("accuracy", 0.7), ("mse", 1.5), ("mae", 1.5)):
-                    if m in metrics:
-                        metrics[m] *= factor
-        path.write_text(json.dumps(rec))
-        extra = dict(rec, id="f" * 16, spec={**rec["spec"], "weighting": {
-            "name": "newstrat", "params": {}}})
-    (run_b / "trials" / f"{'f' * 16}.json").write_text(json.dumps(extra))
+        metrics = {split: {task: {m: v * factors.get(m, 1.0) for m, v in values.items()}
+                           for task, values in per_task.items()}
+                   for split, per_task in rec.metrics.items()}
+        rec = rec.model_copy(update={"metrics": metrics})
+        store.write(rec)
+        spec = dataclasses.replace(rec.spec, weighting=Component("newstrat", {}))
+        extra = rec.model_copy(update={
+            "id": spec.id, "spec": spec,
+            "labels": rec.labels.model_copy(update={"weighting": "newstrat"})})
+    store.write(extra)
     manifest = json.loads((run_b / "manifest.json").read_text())
-    manifest["trials"].append("f" * 16)  # a trial of run b only (else left out as foreign)
+    manifest["trials"].append(extra.id)  # a trial of run b only (else left out as foreign)
     (run_b / "manifest.json").write_text(json.dumps(manifest))
 
     assert _compare(str(real_run), str(run_b)) == 0
@@ -460,8 +473,8 @@ def test_compare_gives_timings_no_seed_noise_verdict(tmp_path, capsys):
     b = synthetic_run(tmp_path / "b", seeds=(0, 1, 2), extras=False, ls=False)
     store = RunStore(b)
     for rec in list(store.records()):
-        rec["timing"]["step_s"] *= 3.0
-        store.write(rec)
+        timing = rec.timing.model_copy(update={"step_s": rec.timing.step_s * 3.0})
+        store.write(rec.model_copy(update={"timing": timing}))
     cmp = compare.compare_runs(a, b)
     steps = cmp.rows[cmp.rows["quantity"] == "step (ms)"]
     assert not steps.empty and (steps["rel_diff_pct"] > 150).all()
@@ -525,11 +538,11 @@ def test_probe_results_from_too_few_steps_are_left_out_with_a_note(tmp_path):
     store = RunStore(run)
     rng = np.random.default_rng(1)
     for rec in list(store.records()):
-        if rec["spec"]["tasks"] is None:
-            dataset = rec["spec"]["dataset"]["name"]
-            rec["probes"] = _probes(rec["tasks"], rng,
-                                    steps=range(0, 60, 10) if dataset == "long" else [0])
-            store.write(rec)
+        if rec.spec.tasks is None:
+            dataset = rec.spec.dataset.name
+            probes = _probes(rec.tasks, rng,
+                             steps=range(0, 60, 10) if dataset == "long" else [0])
+            store.write(rec.model_copy(update={"probes": probes}))
     write_report(run)
     md = (run / "report.md").read_text("utf-8")
     section = md[md.index("### Gradient conflict"):md.index("## Cost")]

@@ -4,16 +4,18 @@ line breaks that make fake structure, links, or spreadsheet formulas."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from markdown_it import MarkdownIt
+from test_report import baseline_of
 
-from bench.config import Component
-from bench.grid import TrialSpec, baseline_of
+from bench.records import TrialRecord
 from bench.report import csv_safe, md_block, md_text, write_report
+from bench.spec import Component, TrainSettings, TrialModel, TrialSpec
 from bench.store import RunStore
 
 EVIL_DATASET = "ds<script>alert(1)</script>\n# Fake heading"
@@ -26,23 +28,27 @@ def _spec(weighting: str, seed: int) -> TrialSpec:
     return TrialSpec(
         dataset=Component(EVIL_DATASET, {}), sharing=Component("hps", {}),
         weighting=Component(weighting, {}), seed=seed,
-        model={"hidden": [8]}, train={"epochs": 3, "engine": "loop"},
+        model=TrialModel(hidden=[8]), train=TrainSettings(epochs=3, engine="loop"),
     )
 
 
-def _record(spec: TrialSpec, tasks: list[str], value: float, status: str = "ok") -> dict:
+def _record(spec: TrialSpec, tasks: list[str], value: float, status: str = "ok"
+            ) -> TrialRecord:
     metrics = {t: {"accuracy": value, "loss": 1 - value} for t in tasks}
-    return {
-        "id": spec.id, "spec": spec.to_dict(), "status": status, "tasks": tasks,
+    if spec.tasks is None:
+        spec = dataclasses.replace(spec, baselines={t: baseline_of(spec, t).id for t in tasks})
+    return TrialRecord.of(spec, status, **{
+        "tasks": tasks,
         "error": None if status == "ok" else "=cmd|' /C calc'!A0\n<script>x</script>",
         "metrics": {"test": metrics, "val": metrics} if status == "ok" else {},
-        "history": [{"epoch": e, "weights": {t: 1.0 + 0.1 * e * i for i, t in enumerate(tasks)}}
+        "history": [{"epoch": e, "train_loss": {}, "val": {}, "seconds": 0.1 * e,
+                     "weights": {t: 1.0 + 0.1 * e * i for i, t in enumerate(tasks)}}
                     for e in range(3)] if status == "ok" else [],
         "timing": {"step_s": 0.01, "trial_s": 1.0, "samples_per_s": 100.0, "setup_s": 0.1,
                    "warmup_s": 0.1, "step_spread": 0.05},
         "wall_s": 1.2, "parameters": 100, "best_epoch": 1,
         "env": {"python": "3.11", "host": "@evilhost"},
-    }
+    })
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from test_report import _probes, _record, _spec
+from test_report import _probes, _record, _spec, baseline_of
 
-from bench.grid import baseline_of
 from bench.report import write_report
 from bench.store import RunStore
 
