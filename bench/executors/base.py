@@ -8,6 +8,7 @@ Executors are components like the others: registered by name in :data:`EXECUTORS
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import socket
@@ -45,6 +46,8 @@ __all__ = [
 BUSY = "busy"  # claimed by another process running the same run directory
 CONNECT_TIMEOUT_S = 5.0  # how long a Ray cluster address may take to accept a connection
 RAY_PORTS = {"ray": 10001, "": 6379}  # Ray client (ray://) and GCS default ports
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113, section 3.4
+HTTP2_SETTINGS = 0x4  # frame type of a server's first frame
 
 #: Called with (trial id, status) as each trial ends (status ``BUSY``: run elsewhere).
 Done = Callable[[str, str], None]
@@ -128,7 +131,8 @@ def _check_devices(specs: Sequence[TrialSpec]) -> None:
 
 
 def check_ray_address(address: str) -> None:
-    """Fail fast when nothing listens at a Ray address (``ray.init`` would wait for minutes)."""
+    """Fail fast when nothing at a Ray address speaks Ray's protocol (``ray.init`` would
+    wait for minutes, or hang on a server of another kind)."""
     if address in ("auto", "local"):
         return
     scheme, sep, rest = address.partition("://")
@@ -142,13 +146,36 @@ def check_ray_address(address: str) -> None:
     if not host or port is None:
         raise ConfigError(f"ray address '{address}': expected HOST:PORT, ray://HOST:PORT or auto")
     try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as conn:
+            reply = _http2_greeting(conn)
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise ConfigError(
             f"ray address '{address}': nothing answers at {host}:{port} ({reason}); start the "
             "cluster (ray start --head) or leave the address out for a local Ray"
         ) from None
+    if len(reply) < 4 or reply[3] != HTTP2_SETTINGS:
+        what = "says nothing" if not reply else f"answers {reply[:16]!r}"
+        raise ConfigError(
+            f"ray address '{address}': {host}:{port} {what}, not Ray's gRPC (HTTP/2) greeting; "
+            "is it the head node's GCS port (ray start --head prints it) or ray://HOST:10001?"
+        )
+
+
+def _http2_greeting(conn: socket.socket) -> bytes:
+    """The first frame header a server sends after an HTTP/2 client preface (Ray's GCS
+    and client server speak gRPC, whose first frame is SETTINGS); b"" when it says
+    nothing within ``CONNECT_TIMEOUT_S``."""
+    conn.settimeout(CONNECT_TIMEOUT_S)
+    conn.sendall(HTTP2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # + empty SETTINGS
+    reply = b""
+    with contextlib.suppress(OSError):  # a timeout or a reset: not Ray
+        while len(reply) < 9:
+            chunk = conn.recv(9 - len(reply))
+            if not chunk:
+                break
+            reply += chunk
+    return reply
 
 
 def default_workers() -> int:

@@ -49,6 +49,10 @@ __all__ = ["InlineExecutor", "ProcessExecutor", "run_inline", "run_process_pool"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 WATCHDOG_S = 1.0  # how often a worker checks that its parent is alive (fallback)
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
+# A trial checks its time limit at step boundaries; one stuck before the next boundary
+# (a hung loader or solver) is killed this long after its limit (at least KILL_AFTER_S).
+KILL_AFTER_FRACTION = 0.1
+KILL_AFTER_S = 10.0
 # cgroup files whose "oom_kill N" line counts the kernel's OOM kills (v2, then v1).
 OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 
@@ -153,6 +157,7 @@ class _Worker:
     slot: int
     ready: bool = False
     task: TrialSpec | None = None
+    kill_at: float | None = None  # time.monotonic() past which a stuck trial is killed
 
 
 class _Pool:
@@ -202,8 +207,9 @@ class _Pool:
 
 
 def _record_crash(store: RunStore, spec: TrialSpec, exitcode: int | None,
-                  oom_kills: int | None) -> str:
-    """Write the record of a trial whose worker died; returns its status (or BUSY)."""
+                  oom_kills: int | None, killed_for: str | None = None) -> str:
+    """Write the record of a trial whose worker died (``killed_for``: the parent killed
+    it past its time limit); returns its status (or BUSY)."""
     from bench.trial import failure_record
 
     with store.claim(spec.id) as mine:  # the dead worker's lock went with it
@@ -212,7 +218,10 @@ def _record_crash(store: RunStore, spec: TrialSpec, exitcode: int | None,
             return status
         if not mine:
             return BUSY  # another sweep on this directory took the trial over
-        status, message = crash_status(exitcode, oom_kills)
+        if killed_for is not None:
+            status, message = "timeout", killed_for
+        else:
+            status, message = crash_status(exitcode, oom_kills)
         store.write(failure_record(spec, status, message, worker_exitcode=exitcode))
     return status
 
@@ -250,15 +259,29 @@ def run_process_pool(
                         queue.appendleft(spec)
                         continue
                     w.task = spec
+                    w.kill_at = _kill_time(options.time_limit_s)
             by_handle: dict[Any, _Worker] = {}
             for w in pool.workers:
                 by_handle[w.conn] = by_handle[w.process.sentinel] = w
-            ready = wait(list(by_handle))
-            for w in {id(by_handle[h]): by_handle[h] for h in ready}.values():
+            kill_times = [w.kill_at for w in pool.workers if w.task is not None and w.kill_at]
+            timeout = max(0.0, min(kill_times) - time.monotonic()) if kill_times else None
+            ready = wait(list(by_handle), timeout)
+            stuck = {id(w): w for w in pool.workers if w.task is not None and w.kill_at
+                     and time.monotonic() >= w.kill_at}
+            for w in stuck.values():  # past its limit and no step boundary reached: kill
+                with contextlib.suppress(OSError, ValueError):
+                    w.process.kill()
+                w.process.join(STOP_GRACE_S)
+            for w in {**{id(by_handle[h]): by_handle[h] for h in ready}, **stuck}.values():
                 dead = _handle(w, done)
                 if dead:
                     if w.task is not None:
-                        status = _record_crash(store, w.task, w.process.exitcode, oom_kills)
+                        killed_for = (
+                            f"time limit of {options.time_limit_s:g} s reached without a step "
+                            "boundary (the trial was stuck); its worker was killed"
+                            if id(w) in stuck else None)
+                        status = _record_crash(store, w.task, w.process.exitcode, oom_kills,
+                                               killed_for)
                         oom_kills = _oom_kills()
                         done(w.task.id, status)
                     elif not w.ready:
@@ -274,6 +297,14 @@ def run_process_pool(
         pool.close(graceful=graceful)
 
 
+def _kill_time(time_limit_s: float | None) -> float | None:
+    """When the parent kills a trial that started now and ignores its time limit."""
+    if time_limit_s is None:
+        return None
+    grace = max(KILL_AFTER_S, KILL_AFTER_FRACTION * time_limit_s)
+    return time.monotonic() + time_limit_s + grace
+
+
 def _handle(w: _Worker, done: Callable[[str, str], None]) -> bool:
     """Read what worker ``w`` sent; True when it has died (its pipe closed)."""
     try:
@@ -283,6 +314,7 @@ def _handle(w: _Worker, done: Callable[[str, str], None]) -> bool:
                 w.ready = True
             elif message[0] == "done":
                 w.task = None
+                w.kill_at = None
                 done(message[1], message[2])
             else:  # "fatal": the worker cannot go on, and neither can the others
                 raise SweepError(message[1])
