@@ -58,12 +58,8 @@ check fail.
 
 ``--update`` runs the same and writes ``DIR/baseline.json`` atomically.
 
-Test-only fault injection (for the gate's own tests and ``scripts/measure_gate.py``):
-``MTLBENCH_INJECT_SLOWDOWN="pcgrad:0.3"`` (see :mod:`bench.speed`) and
-``MTLBENCH_INJECT_ACCURACY="mgda:1e-3"``, which worsens every metric of that
-strategy's trials by that relative amount (errors and losses times ``1 + x``,
-accuracy and AUC times ``1 - x``), as a stand-in for an accuracy regression of
-known size.
+Fault injection (the gate's own tests and ``scripts/measure_gate.py``): hooks
+installed with :mod:`bench.faults` slow a strategy's steps down or worsen its metrics.
 """
 
 from __future__ import annotations
@@ -86,18 +82,16 @@ import tomllib
 from scipy import stats
 from tabulate import tabulate
 
-from bench import speed
+from bench import faults, speed
 from bench.config import SweepSpec, load_spec
 from bench.errors import ConfigError
 from bench.grid import BASELINE_WEIGHTING, TrialSpec, canonical_json, expand
 from bench.registry import suggest
 from bench.store import atomic_write_json
-from bench.tasks import HIGHER_IS_BETTER
 from bench.timing import machine_info
 
 __all__ = [
     "HELP",
-    "INJECT_ACCURACY_ENV",
     "SpeedVerdict",
     "accuracy_plan",
     "add_arguments",
@@ -111,7 +105,6 @@ __all__ = [
 
 HELP = "regression gate: a fixed sweep's metrics and speed ratios to ew vs a baseline"
 
-INJECT_ACCURACY_ENV = "MTLBENCH_INJECT_ACCURACY"
 BASELINE_FILE = "baseline.json"
 FORMAT = "mtlbench-check-baseline"
 VERSION = 2  # 2: the coverage sweeps (trials keyed 'coverage/<setting>: ...')
@@ -253,36 +246,6 @@ def compare_accuracy(
 # --------------------------------------------------------------------------- running
 
 
-def injected_accuracy(env: dict[str, str] | None = None) -> dict[str, float]:
-    """Parse ``MTLBENCH_INJECT_ACCURACY`` (``"name:fraction[,name:fraction]"``)."""
-    raw = (env if env is not None else os.environ).get(INJECT_ACCURACY_ENV, "").strip()
-    out: dict[str, float] = {}
-    for item in filter(None, (i.strip() for i in raw.split(","))):
-        name, sep, value = item.partition(":")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            out[name] = math.nan
-        if not sep or not name or not math.isfinite(out[name]):
-            raise ConfigError(
-                f"{INJECT_ACCURACY_ENV}: expected 'strategy:fraction[,...]', got {raw!r}"
-            )
-    return out
-
-
-def _worsen(metrics: dict[str, Any], fraction: float) -> dict[str, Any]:
-    def bad(metric: str, value: Any) -> Any:
-        if not isinstance(value, (int, float)):
-            return value
-        higher = HIGHER_IS_BETTER.get(metric, False)  # "loss": lower is better
-        return value * (1.0 - fraction) if higher else value * (1.0 + fraction)
-
-    return {
-        split: {task: {m: bad(m, v) for m, v in per.items()} for task, per in per_task.items()}
-        for split, per_task in metrics.items()
-    }
-
-
 def _trial_key(trial: Any, spec: SweepSpec) -> str:
     """A trial's name in the baseline: its components' names (not their resolved
     hyperparameters, so a changed default shows up as changed metrics, not as a
@@ -394,15 +357,14 @@ def run_accuracy(plan: dict[str, TrialSpec], *,
     -> id, status, metrics."""
     from bench.trial import execute
 
-    injected = injected_accuracy()
+    hooks = faults.current()
     out: dict[str, dict[str, Any]] = {}
     with speed.torch_threads(THREADS):
         for key, trial in plan.items():
             record = execute(trial)
             metrics = record.metrics if record.ok else None
-            fraction = injected.get(trial.weighting.name)
-            if fraction and metrics is not None:
-                metrics = _worsen(metrics, fraction)
+            if metrics is not None:
+                metrics = hooks.metrics(trial.weighting.name, metrics)
             out[key] = {
                 "id": trial.id,
                 "status": record.status,
@@ -417,7 +379,7 @@ def run_accuracy(plan: dict[str, TrialSpec], *,
 def speed_tasks(spec: SweepSpec, large_tasks: int = DEFAULTS["large_tasks"]) -> list[int]:
     """The numbers of tasks of the speed cells: T of the first dataset, and
     ``large_tasks`` when it is larger (0: none)."""
-    first = speed._default_tasks(spec)
+    first = speed.default_tasks(spec)
     return [first, large_tasks] if large_tasks > first else [first]
 
 
@@ -665,11 +627,11 @@ def main(args: argparse.Namespace) -> int:
     plan = accuracy_plan(spec, coverage)
     machine = machine_info(None)
     machine["threads"] = THREADS
-    injected = {"slowdown": speed.injected_slowdowns(), "accuracy": injected_accuracy()}
+    injected = faults.current().injected()
     if any(injected.values()):
         if args.update:
-            raise ConfigError(f"refusing to write a baseline with fault injection active "
-                              f"({INJECT_ACCURACY_ENV} / {speed.INJECT_SLOWDOWN_ENV})")
+            raise ConfigError("refusing to write a baseline with fault injection active "
+                              "(bench.faults hooks installed)")
         print(f"warning: fault injection active: {injected}", file=sys.stderr)
 
     accuracy = run_accuracy(plan)

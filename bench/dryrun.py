@@ -10,7 +10,9 @@ The estimate (documented in the README):
 - step time: measured here, on this machine, for each distinct (input shape, number of
   tasks, sharing with its matched widths, weighting) of the sweep: ``STEPS`` training steps
   after ``WARMUP`` on synthetic batches of the trial's batch size (``bench.speed``'s cell
-  runner, one intra-op thread as trials use), the median kept;
+  runner: the step built by ``bench.assembly.build_step`` as in trials, one intra-op thread
+  as trials use), the median kept; a strategy its engine cannot serve costs nothing (the
+  trial stops at once with an error);
 - concurrent trials: the process executor's, one per core // ``train.threads`` (or
   ``--workers``).
 
@@ -59,9 +61,10 @@ def _cell_key(spec: TrialSpec, shape: tuple[int, ...], tasks: int) -> str:
 
 def _time_step(spec: TrialSpec, shape: tuple[int, ...], tasks: int) -> float:
     """Median seconds per training step of ``spec``'s model and strategy on synthetic
-    batches."""
+    batches (0 when the engine cannot serve the strategy: the trial fails at once)."""
     import torch
 
+    from bench.assembly import IncompatibleSpec
     from bench.engine import ENGINES
     from bench.speed import CellRunner, SpeedCell, torch_threads
     from bench.timing import make_timer
@@ -81,7 +84,10 @@ def _time_step(spec: TrialSpec, shape: tuple[int, ...], tasks: int) -> float:
         input_shape=shape, train=optim, device="cpu", seed=spec.seed,
     )
     with torch_threads(train.threads):
-        runner = CellRunner(cell)
+        try:
+            runner = CellRunner(cell)
+        except IncompatibleSpec:
+            return 0.0
         timer = make_timer(torch.device("cpu"), "wall")
         times = []
         for i in range(WARMUP + STEPS):

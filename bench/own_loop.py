@@ -42,7 +42,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.engine import ENGINES, HeadGradients, StepContext, apply_gradients
+from bench.assembly import require_engine, step_context
+from bench.engine import ENGINES, HeadGradients, apply_gradients
 from strategies.weighting.base import GradientWeighting, WeightingStrategy
 
 __all__ = ["MTLBackward", "mtl_backward", "uses_epochs"]
@@ -113,29 +114,16 @@ class MTLBackward:
             else:
                 shared = model.parameters()  # a loss-based strategy makes no distinction
         shared_list = [p for p in shared if p.requires_grad]
-        shared_ids = {id(p) for p in shared_list}
         self.strategy = strategy
         self.optimizer = optimizer
         self.steps_per_epoch = steps_per_epoch
         self.add_parameters = add_parameters
         self.seed = seed
-        self.ctx = StepContext(
-            model=model,
-            strategy=strategy,
-            engine=ENGINES[engine](),
-            optimizer=optimizer,
-            shared=shared_list,
-            task_specific=[p for p in model.parameters() if id(p) not in shared_ids],
-            heads=heads,
-        )
-        if isinstance(strategy, GradientWeighting):
-            try:
-                self.ctx.engine.require_support(type(strategy), type(model))
-            except ValueError as err:
-                raise ValueError(str(err)) from None
-            if shared_list:
-                # Engines that record the forward (autogram) must hook in before it.
-                self.ctx.engine.prepare(model, shared_list)
+        self.ctx = step_context(model, strategy, ENGINES[engine](), optimizer, shared_list, heads)
+        require_engine(self.ctx.engine, strategy, model)  # IncompatibleSpec, a ValueError
+        if isinstance(strategy, GradientWeighting) and shared_list:
+            # Engines that record the forward (autogram) must hook in before it.
+            self.ctx.engine.prepare(model, shared_list)
         self.num_tasks: int | None = None
         self._steps = 0  # backward() calls since the last end of epoch
         self._loss_sum: torch.Tensor | None = None

@@ -18,10 +18,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import data
+from bench.assembly import IncompatibleSpec, build_step
 from bench.data import AnyDataset, Split
-from bench.engine import ENGINES, StepContext, train_step
 from bench.environment import collect, resolve_device
-from bench.probes import build_probes
 from bench.records import Status, TrialRecord
 from bench.sampling import (
     DEFAULT_SAMPLING,
@@ -31,11 +30,10 @@ from bench.sampling import (
     MultiInputFeeder,
     SingleInputFeeder,
 )
-from bench.spec import Component, TrainSettings, TrialSpec
+from bench.spec import Component, TrialSpec
 from bench.tasks import Task
 from bench.timing import trial_timing
-from strategies import sharing, weighting
-from strategies.sharing.base import BackboneSpec, SharingArchitecture
+from strategies.sharing.base import SharingArchitecture
 
 if TYPE_CHECKING:
     from bench.tensorboard import TrialLogger
@@ -48,10 +46,6 @@ __all__ = [
     "failure_record",
     "run_trial",
 ]
-
-
-class IncompatibleSpec(ValueError):
-    """The spec combines components that cannot work together (e.g. engine and strategy)."""
 
 
 class Diverged(RuntimeError):
@@ -80,15 +74,6 @@ def _set_determinism(device: torch.device, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
-
-
-def _optimizer(params: list[torch.Tensor], train: TrainSettings) -> torch.optim.Optimizer:
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
-        )
-    cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
 @torch.no_grad()
@@ -204,30 +189,9 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
     splits = _splits(dataset, tasks, device)
     train_split, val_split, test_split = splits["train"], splits["val"], splits["test"]
 
-    torch.manual_seed(spec.seed)
-    backbone = BackboneSpec.of(spec.model)
-    model = sharing.get(
-        spec.sharing.name, dataset.input_shape, tasks, backbone, **spec.sharing.params
-    ).to(device)
-    strategy = weighting.get(spec.weighting.name, **spec.weighting.params)
-    strategy.reset(len(tasks), device, seed=spec.seed)
-    engine = ENGINES[train.engine]()
-    if strategy.needs == "jacobian":
-        try:
-            engine.require_support(type(strategy), type(model))
-        except ValueError as err:
-            raise IncompatibleSpec(str(err)) from None
-    shared = model.shared_parameters()
-    shared_ids = {id(p) for p in shared}
-    ctx = StepContext(
-        model=model,
-        strategy=strategy,
-        engine=engine,
-        optimizer=_optimizer([*model.parameters(), *strategy.parameters()], train),
-        shared=shared,
-        task_specific=[p for p in model.parameters() if id(p) not in shared_ids],
-        heads=train.heads,
-    )
+    built = build_step(spec.sharing, spec.weighting, tasks, dataset.input_shape, spec.model,
+                       train, device, spec.seed)
+    model, strategy, shared = built.model, built.strategy, built.shared
 
     order = torch.Generator().manual_seed(spec.seed)  # minibatch order, independent of init
     feeder = make_feeder(spec, tasks, train_split, order)
@@ -238,8 +202,7 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     train_seconds = 0.0
     epoch_seconds: list[float] = []  # training time of each epoch (the first: warm-up)
-    probes = build_probes(spec.probes.to_dict(), [t.name for t in tasks], train.lr,
-                          total_steps=steps_per_epoch * train.epochs)
+    probes = built.probes(spec.probes, steps_per_epoch * train.epochs)
     # Index of the first step with a non-finite loss, kept on the device (no per-step sync).
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     if log is not None:
@@ -264,7 +227,7 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
             for probe in probes:
                 probe.observe(global_step, model, shared, batches[0], compute_losses)
             try:
-                losses = train_step(ctx, batches, compute_losses)
+                losses = built.step(batches, compute_losses)
             except FloatingPointError as err:
                 # Gradient-based strategies check J (or its Gramian) for NaN/Inf: the same
                 # divergence that loss-based ones show as a non-finite loss.
@@ -304,7 +267,7 @@ def _train(spec: TrialSpec, deadline: float | None, log: TrialLogger | None) -> 
         history.append(entry)
         if log is not None:
             log.end_epoch((epoch + 1) * steps_per_epoch, entry,
-                          ctx.optimizer.param_groups[0]["lr"], probes)
+                          built.optimizer.param_groups[0]["lr"], probes)
         if math.isfinite(score) and (best is None or score < best[0]):
             best = (score, epoch, copy.deepcopy(model.state_dict()))
 

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from bench import check, cli
+from bench import check, cli, faults
 from bench.config import load_spec
 
 TINY = [
@@ -31,8 +31,7 @@ TINY = [
 @pytest.fixture
 def plugged(monkeypatch):
     monkeypatch.setitem(cli.PLUGGED_COMMANDS, "check", "bench.check")
-    monkeypatch.delenv(check.INJECT_ACCURACY_ENV, raising=False)
-    monkeypatch.delenv("MTLBENCH_INJECT_SLOWDOWN", raising=False)
+    assert faults.current() is faults.NO_FAULTS
 
 
 @pytest.fixture
@@ -87,11 +86,13 @@ def test_accuracy_comparison_tolerance_nan_and_status():
     assert check.compare_accuracy(base, gone) == [["B: trial", "present", "missing", ""]]
 
 
-def test_injection_parsing():
-    assert check.injected_accuracy({}) == {}
-    assert check.injected_accuracy({check.INJECT_ACCURACY_ENV: "mgda:1e-3"}) == {"mgda": 1e-3}
-    with pytest.raises(check.ConfigError):
-        check.injected_accuracy({check.INJECT_ACCURACY_ENV: "mgda"})
+def test_accuracy_fault_worsens_every_metric_of_one_strategy():
+    hooks = faults.GateFaults(accuracy={"mgda": 1e-3})
+    metrics = {"test": {"t1": {"mse": 2.0, "accuracy": 0.5, "loss": 1.0}}}
+    assert hooks.metrics("ew", metrics) is metrics
+    worse = hooks.metrics("mgda", metrics)["test"]["t1"]
+    assert worse == pytest.approx({"mse": 2.002, "accuracy": 0.4995, "loss": 1.001})
+    assert hooks.injected() == {"slowdown": {}, "accuracy": {"mgda": 1e-3}}
 
 
 def test_speed_cells_always_include_ew_once_per_task_count():
@@ -168,9 +169,10 @@ def test_check_fails_when_a_baseline_metric_differs(baseline, capsys):
     assert table.count("test/") == 1  # only the edited number
 
 
-def test_injected_accuracy_drop_fails(baseline, capsys, monkeypatch):
-    monkeypatch.setenv(check.INJECT_ACCURACY_ENV, "mgda:1e-4")
-    assert cli.main(["check", "--baseline", str(baseline), *TINY]) == 1
+def test_injected_accuracy_drop_fails(baseline, capsys):
+    with faults.installed(faults.GateFaults(accuracy={"mgda": 1e-4})):
+        assert cli.main(["check", "--baseline", str(baseline), *TINY]) == 1
+        assert cli.main(["check", "--update", "--baseline", str(baseline), *TINY]) == 2
     out = capsys.readouterr().out
     table = out[out.index("REGRESSIONS"):]
     assert "mgda hps" in table and "ew hps" not in table and "+0.0001" in table

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.engine import ENGINES, StepContext, apply_gradients
+from bench.assembly import require_engine, step_context
+from bench.engine import ENGINES, apply_gradients
 from bench.tasks import Task
 from strategies import sharing, weighting
 from strategies.weighting import WEIGHTING, GradientWeighting, GramianWeighting
@@ -30,9 +31,7 @@ def _setup(device, seed=0, strategy="ew", engine="loop"):
     losses = torch.stack([t.loss(out[t.name], y[t.name]) for t in TASKS])
     strat = weighting.get(strategy) if isinstance(strategy, str) else strategy
     strat.reset(3, torch.device(device), seed=0)
-    ids = {id(p) for p in shared}
-    ctx = StepContext(model, strat, eng, torch.optim.SGD(model.parameters(), lr=0.1),
-                      shared, [p for p in model.parameters() if id(p) not in ids])
+    ctx = step_context(model, strat, eng, torch.optim.SGD(model.parameters(), lr=0.1), shared)
     return model, losses, ctx
 
 
@@ -196,10 +195,8 @@ def test_each_task_backward_traverses_only_its_own_head(engine, strategy):
     counter = _HeadCounter(model)
     strat = weighting.get(strategy)
     strat.reset(num_tasks, torch.device("cpu"), seed=0)
-    shared = model.shared_parameters()
-    ids = {id(p) for p in shared}
-    ctx = StepContext(model, strat, ENGINES[engine](), torch.optim.SGD(model.parameters(), lr=0.1),
-                      shared, [p for p in model.parameters() if id(p) not in ids])
+    ctx = step_context(model, strat, ENGINES[engine](),
+                       torch.optim.SGD(model.parameters(), lr=0.1))
     x = torch.randn(16, 6)
     y = {t.name: torch.randn(16) for t in tasks}
 
@@ -292,8 +289,7 @@ def _autogram_case(arch, shape, spec, engine, transform, features, seed=0, **opt
     losses = TaskLosses(raw, transformed, feats, elementwise=elementwise)
     strategy = _InverseNorms()
     strategy.reset(3, torch.device("cpu"), seed=0)
-    ctx = StepContext(model, strategy, eng, torch.optim.SGD(model.parameters(), lr=0.1),
-                      shared, [])
+    ctx = step_context(model, strategy, eng, torch.optim.SGD(model.parameters(), lr=0.1), shared)
     eng.shared_gradients([losses], strategy, ctx, NullTimer())
     jac = torch.cat([g.reshape(3, -1) for g in
                      ENGINES["loop"]().task_gradients(TaskLosses(raw, transformed,
@@ -431,12 +427,9 @@ def test_every_gramian_strategy_trains_with_the_autogram_engine(name):
     strat = weighting.get(name)
     strat.reset(len(tasks), torch.device("cpu"), seed=0)
     engine = ENGINES["autogram"]()
-    engine.require_support(type(strat), type(model))
-    shared = model.shared_parameters()
-    ids = {id(p) for p in shared}
-    ctx = StepContext(model, strat, engine,
-                      torch.optim.Adam([*model.parameters(), *strat.parameters()], lr=0.01),
-                      shared, [p for p in model.parameters() if id(p) not in ids])
+    require_engine(engine, strat, model)
+    ctx = step_context(model, strat, engine,
+                       torch.optim.Adam([*model.parameters(), *strat.parameters()], lr=0.01))
     x = torch.randn(32, 6)
     y = {t.name: torch.randn(32) for t in tasks}
 

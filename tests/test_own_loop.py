@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.engine import ENGINES, StepContext, apply_gradients
+from bench.assembly import step_context
+from bench.engine import ENGINES, apply_gradients
 from bench.own_loop import MTLBackward, mtl_backward
 from bench.tasks import Task
 from strategies import sharing
@@ -229,10 +230,7 @@ def test_gradients_are_the_harness_engines(strategy, engine):
 
     ref = get(strategy)
     ref.reset(4, torch.device("cpu"))
-    shared = model.shared_parameters()
-    ids = {id(p) for p in shared}
-    ctx = StepContext(model, ref, ENGINES[engine](), opt, shared,
-                      [p for p in model.parameters() if id(p) not in ids])
+    ctx = step_context(model, ref, ENGINES[engine](), opt)
     opt.zero_grad(set_to_none=True)
     for p in ref.parameters():
         p.grad = None

@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
+from bench.assembly import require_engine, step_context
 from bench.config import load_spec
-from bench.engine import ENGINES, StepContext, train_step
+from bench.engine import ENGINES, train_step
 from bench.grid import expand
 from bench.tasks import Task
 from bench.trial import execute
@@ -223,7 +224,7 @@ def test_representation_carries_every_shared_gradient(name):
     losses = torch.stack([out[t.name].square().mean() for t in TASKS])
     shared = model.shared_parameters()
     expected = torch.autograd.grad(losses.sum(), shared, retain_graph=True)
-    ctx = StepContext(model, SumRep(), engine, None, shared, [])
+    ctx = step_context(model, SumRep(), engine, None, shared)
     engine.shared_gradients([losses], SumRep(), ctx, timer=type("T", (), {"mark": lambda *a: None})())
     for p, g in zip(shared, expected, strict=True):
         torch.testing.assert_close(p.grad, g)
@@ -289,18 +290,9 @@ def test_every_architecture_trains_with_every_strategy(arch, strat):
     strategy = weighting.get(strat)
     strategy.reset(len(TASKS), torch.device("cpu"), seed=0)
     engine = ENGINES["loop"]()
-    if strategy.needs == "jacobian":
-        engine.require_support(type(strategy), type(model))
-    shared = model.shared_parameters()
-    shared_ids = {id(p) for p in shared}
-    ctx = StepContext(
-        model=model,
-        strategy=strategy,
-        engine=engine,
-        optimizer=torch.optim.Adam([*model.parameters(), *strategy.parameters()], lr=0.02),
-        shared=shared,
-        task_specific=[p for p in model.parameters() if id(p) not in shared_ids],
-    )
+    require_engine(engine, strategy, model)
+    ctx = step_context(model, strategy, engine,
+                       torch.optim.Adam([*model.parameters(), *strategy.parameters()], lr=0.02))
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         before = _losses(model(x), y).sum()

@@ -10,10 +10,11 @@ import math
 import pytest
 import torch
 
-from bench import cli, speed
+from bench import cli, faults, speed
 from bench.config import load_spec
 from bench.engine import ENGINES
 from bench.errors import ConfigError
+from bench.records import SCHEMA_VERSION, SpeedRecord
 from bench.timing import (
     PHASES,
     CpuTimer,
@@ -204,7 +205,7 @@ def test_measure_uses_one_timer_in_round_robin(monkeypatch, write_spec):
         original(self, timer)
 
     monkeypatch.setattr(speed.CellRunner, "step", spy)
-    out = speed.measure(cells, repeats=2, warmup=1, slowdowns={})
+    out = speed.measure(cells, repeats=2, warmup=1)
     names = [c.strategy.name for c in cells]
     assert order == names * 3
     assert all(len(m.timings) == 2 and m.peak_memory_bytes for m in out)
@@ -251,40 +252,53 @@ def test_build_cells_rejects_unknown_engine(write_spec):
 def test_add_ratios_pairs_with_ew_of_the_same_settings(write_spec):
     spec = load_spec(write_spec(SPEED_SPEC))
     cells, _ = speed.build_cells(spec, engines=["loop"], tasks=[2, 4])
-    records = [{"step": {"median_s": 1.0 + i}} for i in range(len(cells))]
-    speed.add_ratios(cells, records)
-    ew = {c.num_tasks: r["step"]["median_s"] for c, r in zip(cells, records, strict=True) if
+    records = speed.add_ratios(cells, [_cell_record(c, 1.0 + i) for i, c in enumerate(cells)])
+    ew = {c.num_tasks: r.step["median_s"] for c, r in zip(cells, records, strict=True) if
           c.strategy.name == "ew"}
     for c, r in zip(cells, records, strict=True):
-        assert r["ratio_to_ew"] == pytest.approx(r["step"]["median_s"] / ew[c.num_tasks])
+        assert r.ratio_to_ew == pytest.approx(r.step["median_s"] / ew[c.num_tasks])
 
 
 def test_add_ratios_without_ew_is_none(write_spec):
     spec = load_spec(write_spec(SPEED_SPEC.replace('"ew", ', "")))
     cells, _ = speed.build_cells(spec, engines=["loop"])
-    records = [{"step": {"median_s": 1.0}} for _ in cells]
-    speed.add_ratios(cells, records)
-    assert all(r["ratio_to_ew"] is None for r in records)
+    records = speed.add_ratios(cells, [_cell_record(c, 1.0) for c in cells])
+    assert all(r.ratio_to_ew is None for r in records)
 
 
-def test_injected_slowdown_parsing():
-    assert speed.injected_slowdowns({}) == {}
-    env = {speed.INJECT_SLOWDOWN_ENV: "pcgrad:0.3, mgda:0.1"}
-    assert speed.injected_slowdowns(env) == {"pcgrad": 0.3, "mgda": 0.1}
-    for bad in ("pcgrad", "pcgrad:x", ":0.3", "pcgrad:-1"):
-        with pytest.raises(ConfigError, match="MTLBENCH_INJECT_SLOWDOWN"):
-            speed.injected_slowdowns({speed.INJECT_SLOWDOWN_ENV: bad})
+def _cell_record(cell, step):
+    return speed.make_record(cell, speed.Measurement([StepTiming({}, step)]), machine={},
+                             warmup=0)
+
+
+def test_fault_fraction_parsing():
+    assert faults.parse_fractions("") == {}
+    assert faults.parse_fractions("pcgrad:0.3, mgda:0.1") == {"pcgrad": 0.3, "mgda": 0.1}
+    for bad in ("pcgrad", "pcgrad:x", ":0.3", "pcgrad:-1", "pcgrad:nan"):
+        with pytest.raises(ValueError, match="--slowdown"):
+            faults.parse_fractions(bad, "--slowdown")
+
+
+def test_no_fault_hooks_by_default_and_installed_ones_are_restored():
+    assert faults.current() is faults.NO_FAULTS
+    assert faults.NO_FAULTS.wrap_step("pcgrad", torch.device("cpu")) is None
+    hooks = faults.GateFaults(slowdown={"pcgrad": 0.5})
+    with faults.installed(hooks):
+        assert faults.current() is hooks
+        assert hooks.wrap_step("pcgrad", torch.device("cpu")) is not None
+        assert hooks.wrap_step("ew", torch.device("cpu")) is None
+    assert faults.current() is faults.NO_FAULTS
 
 
 # ----------------------------------------------------------------------------- command
 
 
-def test_speed_command_writes_full_records(plugged, write_spec, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv(speed.INJECT_SLOWDOWN_ENV, "uw:0.01")
+def test_speed_command_writes_full_records(plugged, write_spec, tmp_path, capsys):
     spec = write_spec(SPEED_SPEC)
     out = tmp_path / "out"
-    rc = cli.main(["speed", str(spec), "--repeats", "3", "--warmup", "1", "--tasks", "2,3",
-                   "--engines", "loop,gramian,rep", "--out", str(out), "--threads", "1"])
+    with faults.installed(faults.GateFaults(slowdown={"uw": 0.01})):
+        rc = cli.main(["speed", str(spec), "--repeats", "3", "--warmup", "1", "--tasks", "2,3",
+                       "--engines", "loop,gramian,rep", "--out", str(out), "--threads", "1"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "forward ms" in printed and "jacobian ms" in printed
@@ -300,7 +314,7 @@ def test_speed_command_writes_full_records(plugged, write_spec, tmp_path, capsys
         assert len(r["step"]["samples_s"]) == 3
         assert r["step"]["median_s"] == pytest.approx(summarize(r["step"]["samples_s"])["median_s"])
         assert r["samples_per_s"] == pytest.approx(r["batch_size"] / r["step"]["median_s"])
-        assert r["peak_memory_bytes"] > 0
+        assert r["peak_memory_bytes"] > 0 and r["schema_version"] == SCHEMA_VERSION
         assert set(r["machine"]) >= MACHINE_KEYS and r["machine"]["threads"] == 1
         assert r["num_tasks"] in (2, 3) and r["batch_size"] == 16 and r["width"] == 8
         assert (r["engine"] is None) == (r["strategy"] in ("ew", "uw"))
@@ -325,11 +339,19 @@ def test_speed_command_writes_full_records(plugged, write_spec, tmp_path, capsys
         (rec["cell_id"], p) for rec in records for p in PHASES}
     md = (out / "speed" / "phases.md").read_text()
     assert md.count("\n| t_gram ") == 4  # loop and gramian, T = 2 and 3
+    # The reader validates what the writer wrote.
+    typed = speed.load_records(out / "speed")
+    assert all(isinstance(r, SpeedRecord) for r in typed) and len(typed) == len(records)
 
 
 def _record(strategy, engine, T, step, **phases):
+    return SpeedRecord.model_validate(_raw(strategy, engine, T, step, **phases))
+
+
+def _raw(strategy, engine, T, step, **phases):
     return {
-        "kind": "speed", "cell_id": f"{strategy}-{engine}-{T}", "strategy": strategy,
+        "kind": "speed", "cell_id": f"{strategy}-{engine}-{T}", "label": "-", "repeats": 1,
+        "strategy": strategy,
         "strategy_params": {}, "engine": engine, "sharing": "hps", "sharing_params": {},
         "num_tasks": T, "batch_size": 8, "width": 4, "device": "cpu",
         "phases": {p: {"median_s": phases.get(p, 0.0), "iqr_s": 0.0} for p in PHASES},
@@ -367,10 +389,11 @@ def test_phase_split_groups_by_configuration_with_t_growing():
 def test_write_split_reads_every_record_of_the_folder(tmp_path):
     folder = tmp_path / "speed"
     folder.mkdir()
-    for rec in (_record("ew", None, 2, 1.0, forward=1.0), _record("ew", None, 4, 3.0)):
+    for rec in (_raw("ew", None, 2, 1.0, forward=1.0), _raw("ew", None, 4, 3.0)):
         (folder / f"{rec['cell_id']}.json").write_text(json.dumps(rec))
     (folder / "broken.json").write_text("{")
     (folder / "other.json").write_text(json.dumps({"kind": "trial"}))
+    (folder / "invalid.json").write_text(json.dumps({"kind": "speed", "phases": {}}))
     csv_path, md_path = speed.write_split(folder)
     rows = list(csv.DictReader(csv_path.open()))
     assert len(rows) == 2 * len(PHASES)

@@ -13,6 +13,11 @@ from bench.trial import execute
 from strategies.weighting import WEIGHTING, LossWeighting
 
 
+def _run(spec: TrialSpec, **kwargs) -> dict:
+    """The trial's record as a plain dict (as its file holds it)."""
+    return execute(spec, **kwargs).to_dict()
+
+
 def _trial(write_spec, *overrides: str) -> TrialSpec:
     trials = expand(load_spec(write_spec(), overrides=list(overrides)))
     return next(t for t in trials if not t.is_baseline)
@@ -20,7 +25,7 @@ def _trial(write_spec, *overrides: str) -> TrialSpec:
 
 def test_same_spec_and_seed_give_identical_metrics(write_spec):
     spec = _trial(write_spec)
-    a, b = execute(spec), execute(spec)
+    a, b = _run(spec), _run(spec)
     assert a["status"] == b["status"] == "ok"
     assert a["metrics"] == b["metrics"]
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
@@ -29,11 +34,11 @@ def test_same_spec_and_seed_give_identical_metrics(write_spec):
 def test_different_seed_changes_metrics(write_spec):
     trials = [t for t in expand(load_spec(write_spec())) if not t.is_baseline]
     by_seed = {t.seed: t for t in trials if t.weighting.name == "ew"}
-    assert execute(by_seed[0])["metrics"] != execute(by_seed[1])["metrics"]
+    assert _run(by_seed[0])["metrics"] != _run(by_seed[1])["metrics"]
 
 
 def test_checkpoint_is_selected_on_validation_loss(write_spec):
-    rec = execute(_trial(write_spec, "train.epochs=6", "train.lr=0.05"))
+    rec = _run(_trial(write_spec, "train.epochs=6", "train.lr=0.05"))
     val_losses = [sum(m["loss"] for m in h["val"].values()) for h in rec["history"]]
     assert rec["best_epoch"] == min(range(len(val_losses)), key=val_losses.__getitem__)
     # The final val metrics are those of the selected epoch.
@@ -41,7 +46,7 @@ def test_checkpoint_is_selected_on_validation_loss(write_spec):
 
 
 def test_training_reduces_the_loss(write_spec):
-    rec = execute(_trial(write_spec, "train.epochs=5"))
+    rec = _run(_trial(write_spec, "train.epochs=5"))
     first, last = rec["history"][0]["train_loss"], rec["history"][-1]["train_loss"]
     assert all(last[t] < first[t] for t in first)
 
@@ -73,22 +78,22 @@ def test_divergence_and_errors_become_statuses(write_spec, failing_strategies):
     spec = _trial(write_spec)
     nan = TrialSpec(spec.dataset, spec.sharing, type(spec.weighting)("_test_nan", {}),
                     spec.seed, spec.model, spec.train)
-    rec = execute(nan)
+    rec = _run(nan)
     assert rec["status"] == "diverged" and rec["diverged_epoch"] == 0
     bad = TrialSpec(spec.dataset, spec.sharing, type(spec.weighting)("_test_raises", {}),
                     spec.seed, spec.model, spec.train)
-    rec = execute(bad)
+    rec = _run(bad)
     assert rec["status"] == "error" and "boom" in rec["error"] and "Traceback" in rec["traceback"]
 
 
 def test_results_do_not_depend_on_the_callers_thread_count(write_spec):
     spec = _trial(write_spec, "model.hidden=[256, 256]", "train.batch_size=128")
     torch.set_num_threads(2)
-    a = execute(spec)
+    a = _run(spec)
     torch.set_num_threads(1)
-    b = execute(spec)
+    b = _run(spec)
     assert a["metrics"] == b["metrics"]
-    assert a["env"]["threads"] == b["env"]["threads"] == spec.train["threads"] == 1
+    assert a["env"]["threads"] == b["env"]["threads"] == spec.train.threads == 1
 
 
 def test_probe_results_carry_their_coverage_and_auto_gives_about_20(write_spec):
@@ -96,12 +101,12 @@ def test_probe_results_carry_their_coverage_and_auto_gives_about_20(write_spec):
     about AUTO_PROBES steps of any trial."""
     from bench.probes import AUTO_PROBES, probe_interval
 
-    long = execute(_trial(write_spec, "probes.conflict_every=100", "probes.affinity_every=100"))
+    long = _run(_trial(write_spec, "probes.conflict_every=100", "probes.affinity_every=100"))
     for name in ("conflict", "affinity"):
         res = long["probes"][name]
         assert (res["probed_steps"], res["every"], res["trial_steps"]) == (1, 100, 8)
         assert res["steps"] == [0]
-    auto = execute(_trial(write_spec, "train.epochs=10", "probes.conflict_every=auto",
+    auto = _run(_trial(write_spec, "train.epochs=10", "probes.conflict_every=auto",
                           "probes.affinity_every=auto"))
     assert auto["timing"]["steps"] == 40
     for name in ("conflict", "affinity"):
@@ -180,7 +185,7 @@ def test_step_and_trial_times_exclude_set_up_and_warm_up(write_spec, slow_start)
     spec = _trial(write_spec, "train.epochs=4")
     slow = TrialSpec(spec.dataset, spec.sharing, type(spec.weighting)("_test_slow_start", {}),
                      spec.seed, spec.model, spec.train)
-    t = execute(slow)["timing"]
+    t = _run(slow)["timing"]
     steps_per_epoch = t["steps"] // 4
     assert t["warmup_steps"] == steps_per_epoch and t["warmup_s"] >= 0.3
     assert t["setup_s"] >= 0.3
@@ -189,6 +194,6 @@ def test_step_and_trial_times_exclude_set_up_and_warm_up(write_spec, slow_start)
     assert t["step_s"] == pytest.approx(
         (t["train_s"] - t["warmup_s"]) / (t["steps"] - t["warmup_steps"]))
     assert t["trial_s"] < 0.3
-    rec = execute(slow)
+    rec = _run(slow)
     assert rec["wall_s"] > 0.6 > rec["timing"]["trial_s"]  # wall time keeps everything
     assert rec["timing"]["warmup_s"] == pytest.approx(rec["history"][0]["seconds"])

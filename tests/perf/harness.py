@@ -158,7 +158,7 @@ class OursRunner(speed.CellRunner):
     """Our whole training step (``bench.engine.train_step``)."""
 
     def __init__(self, c: speed.SpeedCell, name: str) -> None:
-        super().__init__(c, slowdown=0.0)
+        super().__init__(c)
         self.name = name
 
 
@@ -166,7 +166,7 @@ class _TaskRunner(speed.CellRunner):
     """A cell's model, optimizer and batches, stepped by hand (task losses kept apart)."""
 
     def __init__(self, c: speed.SpeedCell, name: str) -> None:
-        super().__init__(c, slowdown=0.0)
+        super().__init__(c)
         self.name = name
         self.shared = list(self.ctx.shared)
         self.heads = [self.model.task_parameters(t.name) for t in self.tasks]
