@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import itertools
+import json
+import os
+import tempfile
+import typing
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -19,9 +25,12 @@ import pydantic
 import tomllib
 from pydantic import Field
 
+from bench.data import DATASETS
 from bench.errors import ConfigError
 from bench.executors import EXECUTORS
+from bench.plugins import import_plugins, load_entry_points
 from bench.registry import Registry, suggest
+from bench.sampling import DEFAULT_SAMPLING, SAMPLING
 from bench.spec import (
     AXES,
     MAX_SEED,
@@ -34,6 +43,8 @@ from bench.spec import (
     TensorBoardSettings,
     TrainSettings,
 )
+from strategies.sharing import SHARING
+from strategies.weighting import WEIGHTING
 
 __all__ = [
     "AXES",
@@ -191,7 +202,6 @@ def _short(value: Any, limit: int = 80) -> str:
 def _fields_at(model: type[pydantic.BaseModel], loc: Iterable[Any]) -> list[str]:
     """The keys of the (nested) settings table that ``loc`` points into; [] if not a table
     of fixed keys."""
-    import typing
 
     def table(annotation: Any) -> type[pydantic.BaseModel] | None:
         if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
@@ -230,7 +240,6 @@ def _train_variants(
     parsed: _RawSpec, raw_train: dict[str, Any], source: str
 ) -> tuple[TrainSettings, ...]:
     """Every combination of ``train_grid`` applied to ``train``, each validated."""
-    import itertools
 
     grid = parsed.train_grid
     fields = list(TrainSettings.model_fields)
@@ -262,7 +271,6 @@ def _train_variants(
 def _check_duplicate_components(spec: SweepSpec, source: str) -> None:
     """An entry listed twice (same name, same resolved hyperparameters) is an error, as
     a repeated seed is: the grid would silently hold its trials once."""
-    import json
 
     for key, components in (("datasets", spec.datasets), ("sharing", spec.sharing),
                              ("weighting", spec.weighting), ("sampling", spec.sampling)):
@@ -306,9 +314,6 @@ def check_run_dir(out: str | Path) -> None:
 
     Writability is probed with an unnamed temporary file (``O_TMPFILE`` where the file
     system has it), so the check leaves nothing behind and also holds for root."""
-    import errno
-    import os
-    import tempfile
 
     def exists(p: Path) -> bool:
         try:
@@ -360,12 +365,6 @@ def load_spec(
     overrides: Iterable[str] = (),
 ) -> SweepSpec:
     """Read, override and validate a sweep spec. Raises ``ConfigError`` on any problem."""
-    from bench.data import DATASETS
-    from bench.plugins import import_plugins, load_entry_points
-    from bench.sampling import DEFAULT_SAMPLING, SAMPLING
-    from strategies.sharing import SHARING
-    from strategies.weighting import WEIGHTING
-
     raw, source = _read_source(path, preset)
     for text in overrides:
         keys, value = parse_override(text)

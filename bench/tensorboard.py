@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import data
 from bench.errors import ConfigError
 from bench.records import TrialRecord
 from bench.spec import TensorBoardSettings, TrialSpec
@@ -335,8 +336,6 @@ class TrialLogger:
 
 
 def _metric_tags(trials: Sequence[TrialSpec]) -> list[str]:
-    from bench import data
-
     tags = ["hparams/delta_m_task", "hparams/delta_m_metric", "hparams/step_ms",
             "hparams/best_epoch"]
     seen = set()

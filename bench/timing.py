@@ -46,6 +46,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from bench.environment import cpu_model, git_commit
+
 __all__ = [
     "PHASES",
     "SPREAD_FLAG",
@@ -332,8 +334,6 @@ def _nvidia_driver() -> str | None:
 
 def machine_info(device: torch.device | None = None) -> dict[str, Any]:
     """Everything that changes a timing: hardware, versions, numerics flags."""
-    from bench.environment import cpu_model, git_commit
-
     with warnings.catch_warnings():  # some of these flags have deprecation warnings
         warnings.simplefilter("ignore")
         flags = {

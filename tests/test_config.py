@@ -88,7 +88,7 @@ BAD_SPECS = [
     ("[model]", "include = [{ weighting = \"pcgrad\" }]\n[model]",
      "include[0].weighting: 'pcgrad' is not in the sweep's weighting axis"),
     ("[model]", "exclude = [{ weighting = [\"ew\", \"mgda\"] }]\n[model]", "the grid is empty"),
-    ('name = "tiny"', "name = \"tiny\"\nexecutor = \"threads\"", "executor: Input should be 'inline', 'process', 'ray' or 'submitit'"),
+    ('name = "tiny"', "name = \"tiny\"\nexecutor = \"threads\"", "executor: unknown executor 'threads'; known: inline, process, ray, submitit"),
     ("hidden = [16]", "hidden = [0]", "model.hidden[0]: Input should be greater than or equal to 1"),
     ("hidden = [16]", "hidden = [16", "not valid TOML"),
 ]

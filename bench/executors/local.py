@@ -43,6 +43,7 @@ from bench.executors.base import (
 )
 from bench.spec import ExecutorOptions, TrialSpec
 from bench.store import RunStore
+from bench.trial import failure_record
 
 __all__ = ["InlineExecutor", "ProcessExecutor", "run_inline", "run_process_pool"]
 
@@ -210,8 +211,6 @@ def _record_crash(store: RunStore, spec: TrialSpec, exitcode: int | None,
                   oom_kills: int | None, killed_for: str | None = None) -> str:
     """Write the record of a trial whose worker died (``killed_for``: the parent killed
     it past its time limit); returns its status (or BUSY)."""
-    from bench.trial import failure_record
-
     with store.claim(spec.id) as mine:  # the dead worker's lock went with it
         status = store.status(spec.id)
         if status is not None:  # written just before the worker died

@@ -22,6 +22,7 @@ from bench.executors.base import (
 )
 from bench.spec import ExecutorOptions, TrialSpec
 from bench.store import RunStore
+from bench.trial import failure_record
 
 __all__ = ["run_submitit"]
 
@@ -62,8 +63,6 @@ def run_submitit(
                 try:
                     record = job.result()
                 except Exception as err:  # the job itself died (killed, node failure)
-                    from bench.trial import failure_record
-
                     record = failure_record(spec, "error", f"submitit job failed: {err}")
                 store.write(record)
                 done(record.id, record.status)

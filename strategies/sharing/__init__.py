@@ -7,9 +7,10 @@ import pkgutil
 from collections.abc import Sequence
 from typing import Any
 
-from bench.registry import Registry
 from bench.tasks import Task
+from strategies.sharing._common import count_parameters, match_params, reference_parameter_counts
 from strategies.sharing.base import BackboneSpec, SharingArchitecture
+from strategies.sharing.registry import SHARING
 
 __all__ = [
     "SHARING",
@@ -22,9 +23,8 @@ __all__ = [
     "reference_parameter_counts",
 ]
 
-_NOT_COMPONENTS = ("base", "backbones")
+_NOT_COMPONENTS = ("base", "backbones", "registry")
 
-SHARING: Registry = Registry("sharing")
 
 # One module per component: importing each registers it.
 for _info in pkgutil.iter_modules(__path__):
@@ -46,9 +46,3 @@ def get(
 def names() -> list[str]:
     return SHARING.names()
 
-
-from strategies.sharing._common import (  # noqa: E402 (needs SHARING defined above)
-    count_parameters,
-    match_params,
-    reference_parameter_counts,
-)

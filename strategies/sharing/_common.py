@@ -33,6 +33,7 @@ from torch import nn
 from bench.tasks import Task
 from strategies.sharing.backbones import mlp
 from strategies.sharing.base import BackboneSpec, SharingArchitecture
+from strategies.sharing.registry import SHARING
 
 __all__ = [
     "REFERENCE_CNN",
@@ -132,10 +133,8 @@ def count_parameters(
     **hyperparameters: Any,
 ) -> int:
     """Parameter count of architecture ``name`` (built on the ``meta`` device: no memory)."""
-    from strategies import sharing
-
     with torch.device("meta"):
-        model = sharing.get(name, input_shape, tasks, backbone, **hyperparameters)
+        model = SHARING.create(name, input_shape, tasks, backbone, **hyperparameters)
     return model.parameter_count()
 
 
@@ -245,10 +244,8 @@ def reference_parameter_counts() -> dict[str, int]:
     for architectures that refuse the MLP backbone (``mtan``), input (1, 8, 12) with the
     CNN backbone channels (16, 32) and hidden (64, 64) (:data:`REFERENCE_CNN`);
     architectures defined on neither (``landscape``) are left out."""
-    from strategies import sharing
-
     counts: dict[str, int] = {}
-    for name in sharing.names():
+    for name in SHARING.names():
         for reference in (REFERENCE_MLP, REFERENCE_CNN):
             try:
                 counts[name] = count_parameters(name, **reference)
