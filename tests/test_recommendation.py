@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 from test_report import synthetic_run
 
-from bench.recommend import BEST_MARK
 from bench.report import write_report
+from bench.report.recommend import BEST_MARK
 
 DATASETS = {"dA": {"a": "binary", "b": "binary"}, "dB": {"a": "binary", "b": "binary"}}
 # pcgrad is best (Δm 4) but hurts task b; upgrad is within noise of it and cheaper

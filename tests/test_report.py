@@ -563,7 +563,7 @@ def test_affinity_heatmap_values_are_readable():
     0.00, and the colour scale follows the off-diagonal cells."""
     import pandas as pd
 
-    from bench import plots
+    from bench.report import plots
 
     m = pd.DataFrame([[1.7e-2, -8.2e-5], [3.1e-5, 1.8e-2]], index=["t1", "t2"],
                      columns=["t1", "t2"])

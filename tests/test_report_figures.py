@@ -74,3 +74,32 @@ def test_every_strategy_and_dataset_appears_with_whole_labels_in_one_order(tmp_p
     assert ">task<" in weights or "task</text>" in weights
     html = (run / "report.html").read_text("utf-8")
     assert "thead th { white-space: normal" in html  # long headers wrap, the page does not
+
+
+def test_cost_quality_uses_the_reports_strategy_colours_and_order(tmp_path):
+    """Issue 17: the cost-quality plot lists strategies in the one (sorted) order and draws
+    each in the colour every other figure gives it, whatever the order of its rows."""
+    import pandas as pd
+
+    from bench.report import plots
+
+    strategies = [f"hps/{w}" for w in WEIGHTINGS]
+    colors = plots.strategy_colors(strategies)
+    assert list(colors) == sorted(strategies)
+    rows = list(reversed(strategies))  # rows in another order than the report's
+    cq = pd.DataFrame({"dataset": "d", "strategy": rows,
+                       "delta_m_task": np.linspace(-1, 1, len(rows)),
+                       "step_s": np.linspace(0.001, 0.002, len(rows)),
+                       "peak_memory_bytes": np.nan, "non_dominated": False})
+    fig = plots.cost_quality(cq, colors)
+    legend = fig.legends[0]
+    names = [t.get_text() for t in legend.get_texts()][:-1]
+    assert names == sorted(strategies)
+    for handle, name in zip(legend.legend_handles, names, strict=False):
+        assert tuple(handle.get_color()) == tuple(colors[name])
+    # In a whole report, the legend lists every strategy in the same order.
+    run = _run(tmp_path / "run")
+    write_report(run)
+    text = _svg_text(run, "cost-quality")
+    legend_order = [s for s in re.findall(r"hps/[a-z_]+", text) if s in strategies]
+    assert legend_order[-len(strategies):] == sorted(strategies)

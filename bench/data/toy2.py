@@ -28,8 +28,11 @@ records the trajectory. Starting points: the five of the Nash-MTL/FAMO code
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -74,3 +77,46 @@ def load_toy2(
 
     # With batch_size 1, one epoch is steps_per_epoch optimisation steps.
     return MTLDataset("toy2", tasks, split(steps_per_epoch), split(1), split(1))
+
+
+@dataclass(frozen=True)
+class Front:
+    """The landscape on a square grid (``xs``, ``ys``: meshgrid; ``mean_loss``: (f1 +
+    f2) / 2) and its numerical Pareto set: the grid points no other grid point dominates
+    (``points``, k x 2) and their objectives (``values``, k x 2)."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    mean_loss: np.ndarray
+    points: np.ndarray
+    values: np.ndarray
+
+
+class Landscape:
+    """What a report needs of an objective dataset to draw its trajectories: the
+    objectives' task names, a trial's starting point and the Pareto front (found by
+    ``bench.report`` as ``landscape`` on the registered loader)."""
+
+    objectives = ("f1", "f2")
+
+    def start(self, params: Mapping[str, Any]) -> tuple[float, float]:
+        return STARTS[params.get("start", 0)]
+
+    def front(self, params: Mapping[str, Any], grid: int = 300, extent: float = 10.0
+              ) -> Front:
+        axis = np.linspace(-extent, extent, grid)
+        xs, ys = np.meshgrid(axis, axis)
+        values = toy_losses(torch.tensor(np.stack([xs, ys], -1), dtype=torch.float64),
+                            params.get("scale", 1.0)).numpy()
+        flat = values.reshape(-1, 2)
+        order = np.lexsort((flat[:, 1], flat[:, 0]))
+        best_f2, keep = np.inf, []
+        for idx in order:  # sorted by f1: a point is on the front when it lowers f2
+            if flat[idx, 1] < best_f2:
+                best_f2 = flat[idx, 1]
+                keep.append(idx)
+        points = np.stack([xs.reshape(-1)[keep], ys.reshape(-1)[keep]], -1)
+        return Front(xs, ys, values.mean(-1), points, flat[keep])
+
+
+load_toy2.landscape = Landscape()  # type: ignore[attr-defined]
