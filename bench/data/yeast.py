@@ -24,11 +24,23 @@ import torch
 from pydantic import Field
 
 from bench.data import DATASETS, MTLDataset
-from bench.data import common as C
 from bench.data.cache import cached
+from bench.data.common import (
+    COMMON_FILE,
+    DataSource,
+    assemble_tabular,
+    make_dataset,
+    order_by_split,
+    random_split,
+    require,
+    standardize,
+)
 from bench.tasks import Task
 
-__all__ = ["FEATURES", "LABELS", "TASKS", "read_raw", "yeast"]
+__all__ = ["FEATURES", "LABELS", "SOURCE", "TASKS", "read_raw", "yeast"]
+
+# The data files this loader reads and what installs them (see bench.data.common).
+SOURCE = DataSource(pip={"river==0.26.1": ["river/datasets/yeast.csv.gz"]})
 
 FEATURES = tuple(f"Att{i}" for i in range(1, 104))
 LABELS = tuple(f"Class{i}" for i in range(1, 15))
@@ -37,19 +49,19 @@ TASKS = tuple(Task(f"class{i}", "binary") for i in range(1, 15))
 
 def read_raw() -> pd.DataFrame:
     """The packaged table (2,417 rows, 103 feature and 14 label columns)."""
-    (path,) = C.require("yeast")
+    (path,) = require("yeast")
     return pd.read_csv(path)
 
 
 def _build(seed: int) -> dict[str, torch.Tensor]:
     frame = read_raw()
-    rows = C.random_split(len(frame), seed)
-    x = C.standardize(frame[list(FEATURES)].to_numpy(np.float64), rows["train"])
+    rows = random_split(len(frame), seed)
+    x = standardize(frame[list(FEATURES)].to_numpy(np.float64), rows["train"])
     arrays = {"num": torch.from_numpy(x.astype(np.float32))}
     arrays.update({f"rows.{k}": torch.from_numpy(v.astype(np.int64)) for k, v in rows.items()})
     for label, task in zip(LABELS, TASKS, strict=True):
         arrays[f"y.{task.name}"] = torch.from_numpy(frame[label].to_numpy(np.float32))
-    return C.order_by_split(arrays)
+    return order_by_split(arrays)
 
 
 @DATASETS.register("yeast")
@@ -58,8 +70,8 @@ def yeast(*, split_seed: Annotated[int, Field(ge=0)] = 0) -> MTLDataset:
     arrays = cached(
         "yeast",
         {"split_seed": split_seed},
-        sources=C.require("yeast"),
-        code=[Path(__file__), Path(C.__file__)],
+        sources=require("yeast"),
+        code=[Path(__file__), COMMON_FILE],
         build=lambda: _build(split_seed),
     )
-    return C.make_dataset("yeast", TASKS, C.assemble_tabular(arrays, TASKS))
+    return make_dataset("yeast", TASKS, assemble_tabular(arrays, TASKS))
