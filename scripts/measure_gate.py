@@ -4,23 +4,25 @@ Runs the check N times per condition, each in a fresh process, the conditions
 interleaved round-robin (so a change in machine load hits them alike):
 
 - ``unchanged``: no fault; every failure is a false alarm;
-- ``slow <strategy> 30%``: ``MTLBENCH_INJECT_SLOWDOWN`` makes one strategy's steps 30%
-  slower; a failure naming it is a detection;
-- ``accuracy <strategy> -x``: ``MTLBENCH_INJECT_ACCURACY`` worsens one strategy's
-  metrics by a relative x; a failure is a detection;
+- ``slow <strategy> 30%``: a fault hook makes one strategy's steps 30% slower; a
+  failure naming it is a detection;
+- ``accuracy <strategy> -x``: a fault hook worsens one strategy's metrics by a relative
+  x; a failure is a detection;
 - with ``--extended``, also faults the gate must NOT flag: a 5% slowdown (below the 15%
   minimum effect) and a 1e-7 accuracy change (below the 1e-6 tolerance).
 
 Speed false alarms are also counted on every run for the strategies no fault touches,
 and every count is also given per speed cell (each strategy is timed at the sweep's T
-and at ``--large-tasks``, see ``bench/check.py``).
+and at ``--large-tasks``, see ``bench/gate/``). Each check runs
+``scripts/check_with_faults.py``, which installs the :mod:`bench.faults` hooks of its
+condition and then runs the check.
 
     .venv/bin/python scripts/measure_gate.py --runs 20 --out results/gate/measure.json
 
-Uses a fresh baseline written first (``--update``) unless ``--baseline DIR`` is given.
+Uses a fresh reference written first (``--update``) unless ``--reference DIR`` is given.
 
 ``--defaults`` measures instead which changed defaults the accuracy part catches (in
-this process, no baseline file): for every hyperparameter of every built-in strategy
+this process, no reference file): for every hyperparameter of every built-in strategy
 and architecture, its default is changed as an edit of its file would (the function's
 ``__kwdefaults__``, then registered again): numbers x1.5 (0 -> 0.1 or 1; ints + 1, else
 the first value the range admits), booleans flipped, a ``Literal`` to its next choice
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -43,19 +44,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SLOW_ENV = "MTLBENCH_INJECT_SLOWDOWN"
-ACC_ENV = "MTLBENCH_INJECT_ACCURACY"
+CHECK = ROOT / "scripts" / "check_with_faults.py"
 
 
 def _check(
-    args: list[str], env: dict[str, str], verdict: Path
+    args: list[str], fault: list[str], verdict: Path
 ) -> tuple[int, dict[str, Any], float]:
+    """One check in a fresh process, with the fault hooks ``fault`` asks for."""
     verdict.unlink(missing_ok=True)
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.check", *args, "--json", str(verdict)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True, text=True, timeout=900,
+        [sys.executable, str(CHECK), *fault, "--", *args, "--json", str(verdict)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
     elapsed = time.perf_counter() - start
     if proc.returncode not in (0, 1) or not verdict.is_file():
@@ -64,19 +64,21 @@ def _check(
 
 
 def conditions(strategy_slow: str, strategy_acc: str, drop: float,
-               extended: bool) -> list[tuple[str, dict[str, str], str | None]]:
-    """(name, environment, what it injects: 'speed', 'accuracy' or None)."""
-    out: list[tuple[str, dict[str, str], str | None]] = [
-        ("unchanged", {}, None),
-        (f"slow {strategy_slow} +30%", {SLOW_ENV: f"{strategy_slow}:0.3"}, "speed"),
-        (f"accuracy {strategy_acc} -{drop:g}", {ACC_ENV: f"{strategy_acc}:{drop:g}"},
+               extended: bool) -> list[tuple[str, list[str], str | None]]:
+    """(name, fault options of check_with_faults.py, what it injects: 'speed', 'accuracy'
+    or None)."""
+    out: list[tuple[str, list[str], str | None]] = [
+        ("unchanged", [], None),
+        (f"slow {strategy_slow} +30%", ["--slowdown", f"{strategy_slow}:0.3"], "speed"),
+        (f"accuracy {strategy_acc} -{drop:g}", ["--accuracy", f"{strategy_acc}:{drop:g}"],
          "accuracy"),
     ]
     if extended:
         out += [
-            (f"slow {strategy_slow} +5% (must pass)", {SLOW_ENV: f"{strategy_slow}:0.05"}, None),
-            (f"accuracy {strategy_acc} -1e-07 (must pass)", {ACC_ENV: f"{strategy_acc}:1e-7"},
+            (f"slow {strategy_slow} +5% (must pass)", ["--slowdown", f"{strategy_slow}:0.05"],
              None),
+            (f"accuracy {strategy_acc} -1e-07 (must pass)",
+             ["--accuracy", f"{strategy_acc}:1e-7"], None),
         ]
     return out
 
@@ -84,7 +86,8 @@ def conditions(strategy_slow: str, strategy_acc: str, drop: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="check runs per condition")
-    parser.add_argument("--baseline", help="baseline directory (default: a fresh one)")
+    parser.add_argument("--reference", "--baseline", dest="reference",
+                        help="the check's reference directory (default: a fresh one)")
     parser.add_argument("--slow", default="pcgrad", help="strategy to slow down")
     parser.add_argument("--acc", default="mgda", help="strategy whose accuracy to worsen")
     parser.add_argument("--drop", type=float, default=1e-4, help="relative accuracy drop")
@@ -107,16 +110,16 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         verdict = Path(tmp) / "verdict.json"
-        baseline = args.baseline or str(Path(tmp) / "baseline")
-        common = ["--baseline", baseline, *args.check_args]
-        if args.baseline is None:
-            rc, _, elapsed = _check(["--update", *common], {}, verdict)
-            print(f"baseline written in {elapsed:.1f} s", flush=True)
+        reference = args.reference or str(Path(tmp) / "reference")
+        common = ["--reference", reference, *args.check_args]
+        if args.reference is None:
+            rc, _, elapsed = _check(["--update", *common], [], verdict)
+            print(f"reference written in {elapsed:.1f} s", flush=True)
         conds = conditions(args.slow, args.acc, args.drop, args.extended)
         runs: list[dict[str, Any]] = []
         for i in range(args.runs):
-            for name, env, kind in conds:
-                rc, result, elapsed = _check(common, env, verdict)
+            for name, fault, kind in conds:
+                rc, result, elapsed = _check(common, fault, verdict)
                 runs.append({"condition": name, "kind": kind, "rc": rc, "elapsed_s": elapsed,
                              "result": result})
                 flagged = result["speed_flagged"]
@@ -232,7 +235,7 @@ def _set_default(registry: Any, name: str, param: str, value: Any) -> Any:
 def measure_defaults(preset: str = "check") -> dict[str, Any]:
     """Change each default of each built-in strategy and architecture in turn; rerun the
     component's coverage trials; is any metric off the unchanged run's (rtol 1e-6)?"""
-    from bench import check
+    from bench import gate as check
     from bench.config import load_spec
     from bench.errors import ConfigError
     from strategies.sharing import SHARING

@@ -1,4 +1,4 @@
-"""`mtlbench check`: baseline round trip, accuracy and speed decisions, bad baselines.
+"""`mtlbench check`: reference round trip, accuracy and speed decisions, bad baselines.
 
 Nothing here asserts on a timing: the speed part of the end-to-end runs is made
 unable to fail (``--min-effect 1000``); the speed decision is tested on synthetic
@@ -14,6 +14,7 @@ import pytest
 
 from bench import check, cli, faults
 from bench.config import load_spec
+from bench.store import RunStore
 
 TINY = [
     "--set", 'datasets=[{name="mmoe_synthetic", num_tasks=2, num_train=96, num_val=32, '
@@ -35,10 +36,10 @@ def plugged(monkeypatch):
 
 
 @pytest.fixture
-def baseline(plugged, tmp_path, capsys):
-    folder = tmp_path / "baseline"
-    assert cli.main(["check", "--update", "--baseline", str(folder), *TINY]) == 0
-    assert "baseline:" in capsys.readouterr().out
+def reference(plugged, tmp_path, capsys):
+    folder = tmp_path / "reference"
+    assert cli.main(["check", "--update", "--reference", str(folder), *TINY]) == 0
+    assert "reference:" in capsys.readouterr().out
     return folder
 
 
@@ -143,43 +144,48 @@ def test_ratios_pair_each_cell_with_ew_of_the_same_task_count(monkeypatch):
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_check_passes_against_the_baseline_it_wrote(baseline, capsys, tmp_path):
-    data = json.loads((baseline / "baseline.json").read_text())
+def test_check_passes_against_the_baseline_it_wrote(reference, capsys, tmp_path):
+    data = json.loads((reference / "baseline.json").read_text())
     assert data["format"] == "mtlbench-check-baseline" and data["accuracy"]["trials"]
     assert {c.split("/")[0] for c in data["speed"]["cells"]} == {"mgda"}
     assert data["speed"]["tasks"] == [2, 32]  # the sweep's T and --large-tasks
     assert {c["cell"]["num_tasks"] for c in data["speed"]["cells"].values()} == {2, 32}
     verdict = tmp_path / "verdict.json"
-    assert cli.main(["check", "--baseline", str(baseline), *TINY, "--json", str(verdict)]) == 0
+    trials = tmp_path / "trials"
+    # --baseline: the old name of --reference, still accepted
+    assert cli.main(["check", "--baseline", str(reference), *TINY, "--json", str(verdict),
+                     "--trials-dir", str(trials)]) == 0
     out = capsys.readouterr().out
+    ids = {t["id"] for t in data["accuracy"]["trials"].values()}
+    assert {r.id for r in RunStore(trials).records()} == ids  # run through the store
     assert "check passed" in out and "REGRESSIONS" not in out
     assert json.loads(verdict.read_text())["passed"] is True
 
 
-def test_check_fails_when_a_baseline_metric_differs(baseline, capsys):
-    path = baseline / "baseline.json"
+def test_check_fails_when_a_baseline_metric_differs(reference, capsys):
+    path = reference / "baseline.json"
     data = json.loads(path.read_text())
     trial = next(t for k, t in data["accuracy"]["trials"].items() if k.startswith("mgda"))
     trial["metrics"]["test"]["t2"]["mae"] *= 1.001
     path.write_text(json.dumps(data))
-    assert cli.main(["check", "--baseline", str(baseline), *TINY]) == 1
+    assert cli.main(["check", "--reference", str(reference), *TINY]) == 1
     out = capsys.readouterr().out
     assert "REGRESSIONS" in out and "test/t2/mae" in out and "check FAILED" in out
     table = out[out.index("REGRESSIONS"):]
     assert table.count("test/") == 1  # only the edited number
 
 
-def test_injected_accuracy_drop_fails(baseline, capsys):
+def test_injected_accuracy_drop_fails(reference, capsys):
     with faults.installed(faults.GateFaults(accuracy={"mgda": 1e-4})):
-        assert cli.main(["check", "--baseline", str(baseline), *TINY]) == 1
-        assert cli.main(["check", "--update", "--baseline", str(baseline), *TINY]) == 2
+        assert cli.main(["check", "--reference", str(reference), *TINY]) == 1
+        assert cli.main(["check", "--update", "--reference", str(reference), *TINY]) == 2
     out = capsys.readouterr().out
     table = out[out.index("REGRESSIONS"):]
     assert "mgda hps" in table and "ew hps" not in table and "+0.0001" in table
 
 
-def test_different_sweep_is_a_usage_error(baseline, capsys):
-    argv = ["check", "--baseline", str(baseline), *TINY, "--set", "train.lr=0.5"]
+def test_different_sweep_is_a_usage_error(reference, capsys):
+    argv = ["check", "--reference", str(reference), *TINY, "--set", "train.lr=0.5"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "different sweep" in err and len(err.splitlines()) == 1
@@ -188,14 +194,14 @@ def test_different_sweep_is_a_usage_error(baseline, capsys):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "no baseline directory"),
-        ("", "no baseline file"),
-        ("{not json", "corrupt baseline (not JSON"),
-        ('{"format": "other"}', "not an mtlbench check baseline"),
+        (None, "no reference directory"),
+        ("", "no reference file"),
+        ("{not json", "corrupt reference (not JSON"),
+        ('{"format": "other"}', "not an mtlbench check reference"),
         ('{"format": "mtlbench-check-baseline", "version": 2, "accuracy": {}}',
-         "corrupt baseline (missing or malformed fields)"),
+         "corrupt reference (missing or malformed fields)"),
         ('{"format": "mtlbench-check-baseline", "version": 1}',
-         "baseline version 1, this mtlbench reads version 2"),
+         "reference version 1, this mtlbench reads version 2"),
     ],
 )
 def test_missing_or_corrupt_baseline_is_one_line_exit_2(plugged, tmp_path, capsys, content,
@@ -205,7 +211,7 @@ def test_missing_or_corrupt_baseline_is_one_line_exit_2(plugged, tmp_path, capsy
         folder.mkdir()
         if content:
             (folder / "baseline.json").write_text(content)
-    assert cli.main(["check", "--baseline", str(folder), *TINY]) == 2
+    assert cli.main(["check", "--reference", str(folder), *TINY]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("mtlbench: error:")
 
@@ -217,14 +223,14 @@ def test_bad_options_are_usage_errors(plugged, capsys):
     assert "--large-tasks" in capsys.readouterr().err
 
 
-def test_cells_missing_from_an_older_baseline_are_noted_not_failed(baseline, capsys):
+def test_cells_missing_from_an_older_baseline_are_noted_not_failed(reference, capsys):
     """A baseline without the large-T cells (made before they existed, or with
     --large-tasks 0) still passes, naming the cells it lacks."""
-    argv = ["check", "--baseline", str(baseline), *TINY, "--large-tasks", "40"]
+    argv = ["check", "--reference", str(reference), *TINY, "--large-tasks", "40"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "mgda/loop/hps/T40/B32/W8 is not in the baseline (run --update)" in out
-    assert "mgda/loop/hps/T32/B32/W8 of the baseline was not measured" in out
+    assert "mgda/loop/hps/T40/B32/W8 is not in the reference (run --update)" in out
+    assert "mgda/loop/hps/T32/B32/W8 of the reference was not measured" in out
 
 
 def test_committed_baseline_is_readable():
@@ -232,10 +238,10 @@ def test_committed_baseline_is_readable():
     without overrides."""
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parent.parent / check.DEFAULT_BASELINE
-    if not (folder / check.BASELINE_FILE).is_file():
-        pytest.skip("no committed baseline")
-    data = check.read_baseline(folder)
+    folder = Path(__file__).resolve().parent.parent / check.DEFAULT_REFERENCE
+    if not (folder / check.REFERENCE_FILE).is_file():
+        pytest.skip("no committed reference")
+    data = check.read_reference(folder)
     assert data["settings"]["preset"] == "check" and data["settings"]["overrides"] == []
     assert data["settings"]["coverage"]["only"] == []  # every built-in component
     assert not any(data["injected"].values())
@@ -344,7 +350,7 @@ def cagrad_c(monkeypatch):
 def test_changing_cagrad_default_c_fails_the_gate(plugged, tmp_path, capsys, cagrad_c):
     """Issue 18: cagrad's c 0.5 -> 0.9 passed the gate (cagrad was not in it). Its coverage
     trial on hard sharing now fails the check; the preset part (ew, mgda) does not hold it."""
-    argv = ["check", "--baseline", str(tmp_path / "b"), *TINY, "--coverage", "cagrad,hps",
+    argv = ["check", "--reference", str(tmp_path / "b"), *TINY, "--coverage", "cagrad,hps",
             "--no-speed"]
     assert cli.main([*argv, "--update"]) == 0
     assert cli.main(argv) == 0
@@ -357,8 +363,8 @@ def test_changing_cagrad_default_c_fails_the_gate(plugged, tmp_path, capsys, cag
     assert "ew stl" not in table and "mgda" not in table  # nothing else changed
 
 
-def test_different_coverage_is_a_usage_error(baseline, capsys):
-    argv = ["check", "--baseline", str(baseline), *TINY, "--coverage", "ew,hps"]
+def test_different_coverage_is_a_usage_error(reference, capsys):
+    argv = ["check", "--reference", str(reference), *TINY, "--coverage", "ew,hps"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "different sweep" in err and "--coverage mgda,hps" in err
