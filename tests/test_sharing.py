@@ -339,7 +339,7 @@ batch_size = 32
 def test_trials_record_architecture_stats(write_spec, arch, dataset, kind):
     text = TRIAL_SPEC.format(arch=arch, dataset=dataset, backbone=kind)
     spec = next(t for t in expand(load_spec(write_spec(text))) if t.sharing.name == arch)
-    rec = execute(spec)
+    rec = execute(spec).to_dict()
     assert rec["status"] == "ok", rec.get("traceback")
     if arch in GATED:
         util = rec["architecture_stats"]["expert_utilisation"]
