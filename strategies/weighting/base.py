@@ -56,6 +56,7 @@ __all__ = [
     "Need",
     "WeightingStrategy",
     "check_finite",
+    "check_finite_on_cpu",
 ]
 
 Need = Literal["losses", "jacobian"]
@@ -66,6 +67,15 @@ def check_finite(jacobian: torch.Tensor) -> None:
     or where the method needs the host anyway)."""
     if not bool(torch.isfinite(jacobian).all()):
         raise FloatingPointError("the task Jacobian contains NaN or Inf")
+
+
+def check_finite_on_cpu(gramian: torch.Tensor) -> None:
+    """``check_finite`` on the (T, T) Gramian where it costs no device sync (on the CPU).
+
+    A NaN or Inf anywhere in J reaches the Gramian (row i's makes G_ii non-finite), so
+    this catches a non-finite J with the same message at O(T^2) instead of O(T P)."""
+    if gramian.device.type == "cpu":
+        check_finite(gramian)
 
 
 def _detached(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

@@ -33,7 +33,7 @@ import pydantic
 import torch
 
 from strategies.weighting import WEIGHTING
-from strategies.weighting.base import GradientWeighting
+from strategies.weighting.base import GradientWeighting, check_finite
 
 __all__ = ["DBMTL"]
 
@@ -86,6 +86,8 @@ class DBMTL(GradientWeighting):
         buffer = grads + beta_k * (self.grad_buffer.to(grads.device) - grads)
         self.grad_buffer = buffer
         norms = buffer.norm(dim=1)
+        if norms.device.type == "cpu":  # elsewhere a host sync; see pcgrad's notes
+            check_finite(norms)  # a NaN or Inf in a row of J reaches that row's norm
         alpha = norms.max() / (norms + NORM_EPS)
         self.last_weights = alpha
         return (alpha @ buffer).to(jacobian.dtype)

@@ -44,7 +44,7 @@ import pydantic
 import torch
 
 from strategies.weighting import WEIGHTING
-from strategies.weighting.base import GramianWeighting
+from strategies.weighting.base import GramianWeighting, check_finite_on_cpu
 
 __all__ = ["GradNorm"]
 
@@ -81,6 +81,7 @@ class GradNorm(GramianWeighting):
             raise RuntimeError("gradnorm: call reset(num_tasks, device) before aggregate")
         if losses is None:
             raise ValueError("gradnorm needs the task losses of the step")
+        check_finite_on_cpu(gramian)  # a NaN/Inf in J reaches the Gramian (see pcgrad)
         work = torch.promote_types(gramian.dtype, torch.float32)
         num = gramian.shape[0]
         current = self.task_weights.to(device=gramian.device, dtype=work)

@@ -49,8 +49,8 @@ import pydantic
 import torch
 
 from strategies.weighting import WEIGHTING
-from strategies.weighting.base import GramianWeighting
-from strategies.weighting.pcgrad import check_finite_on_cpu, random_orders
+from strategies.weighting.base import GramianWeighting, check_finite_on_cpu
+from strategies.weighting.pcgrad import random_orders
 
 EPS = 1e-8
 

@@ -48,7 +48,7 @@ from typing import ClassVar
 import torch
 
 from strategies.weighting import WEIGHTING
-from strategies.weighting.base import GramianWeighting, check_finite
+from strategies.weighting.base import GramianWeighting, check_finite_on_cpu
 
 __all__ = ["PCGrad", "random_orders"]
 
@@ -61,15 +61,6 @@ def random_orders(num: int, generator: torch.Generator, device: torch.device) ->
     keys = torch.rand(num, num, generator=generator, device=generator.device)
     keys.fill_diagonal_(2.0)  # task i sorts last and is cut off
     return keys.argsort(dim=1)[:, : num - 1].to(device)
-
-
-def check_finite_on_cpu(gramian: torch.Tensor) -> None:
-    """``check_finite`` on the (T, T) Gramian where it costs no device sync (on the CPU).
-
-    A NaN or Inf anywhere in J reaches the Gramian (row i's makes G_ii non-finite), so
-    this catches a non-finite J with the same message at O(T^2) instead of O(T P)."""
-    if gramian.device.type == "cpu":
-        check_finite(gramian)
 
 
 @WEIGHTING.register("pcgrad")

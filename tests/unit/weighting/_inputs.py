@@ -11,6 +11,10 @@ import torch
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from bench.assembly import require_engine, step_context
+from bench.engine import ENGINES, apply_gradients
+from bench.tasks import Task
+from strategies import sharing
 from strategies.weighting import WeightingStrategy, get
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -133,10 +137,6 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def engine_grads(name: str, engine: str, device: str = "cpu", seed: int = 0, **hyper):
     """One training step of ``name`` through ``bench.engine``'s ``engine`` on a small
     three-task HPS model: the gradients of the shared parameters, and the strategy."""
-    from bench.engine import ENGINES, StepContext, apply_gradients
-    from bench.tasks import Task
-    from strategies import sharing
-
     tasks = (Task("a", "regression"), Task("b", "multiclass", 3), Task("c", "binary"))
     torch.manual_seed(0)
     model = sharing.get("hps", (5,), tasks).to(device)
@@ -146,10 +146,7 @@ def engine_grads(name: str, engine: str, device: str = "cpu", seed: int = 0, **h
     out = model(x)
     losses = torch.stack([t.loss(out[t.name], y[t.name]) for t in tasks])
     strategy = make(name, 3, device, seed, **hyper)
-    ENGINES[engine]().require_support(type(strategy), type(model))
-    shared = model.shared_parameters()
-    ids = {id(p) for p in shared}
-    ctx = StepContext(model, strategy, ENGINES[engine](), torch.optim.SGD(model.parameters()),
-                      shared, [p for p in model.parameters() if id(p) not in ids])
+    ctx = step_context(model, strategy, ENGINES[engine](), torch.optim.SGD(model.parameters()))
+    require_engine(ctx.engine, strategy, model)
     apply_gradients([losses], ctx)
-    return [p.grad.clone() for p in shared], strategy
+    return [p.grad.clone() for p in ctx.shared], strategy

@@ -258,8 +258,6 @@ def test_non_finite_jacobian_raises_a_clear_error(device, name, bad):
     # accelerators the others leave it to the harness's per-epoch divergence test.
     if device != "cpu" and not (name in HOST_GRAMIAN or name == "fairgrad"):
         pytest.skip("on accelerators the check is the harness's per-epoch divergence test")
-    if name in ("db_mtl", "gradnorm"):
-        pytest.xfail("known gap: DB-MTL and GradNorm do not check J for NaN / Inf")
     strategy = make(name, 3, device)
     jacobians = batches(strategy, 3, 6, 0, device)
     jacobians[-1][1, 2] = bad
