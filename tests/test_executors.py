@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import torch
 from bench.config import load_spec
 from bench.executors import ExecutorOptions, run_specs
 from bench.grid import TrialSpec, expand
+from bench.spec import Component, ProbeSettings
 from bench.store import RunStore
 from bench.trial import execute
 from strategies.weighting import WEIGHTING, LossWeighting
@@ -39,7 +41,7 @@ batch_size = 64
 
 
 def _metrics(store: RunStore) -> dict[str, dict]:
-    return {r["id"]: r["metrics"] for r in store.records()}
+    return {r.id: r.metrics for r in store.records()}
 
 
 def _run(kind: str, tmp_path: Path, trials, **extra) -> dict[str, dict]:
@@ -100,21 +102,19 @@ def fault_strategies():
 
 
 def _with_weighting(spec: TrialSpec, name: str) -> TrialSpec:
-    d = spec.to_dict()
-    d["weighting"] = {"name": name, "params": {}}
-    return TrialSpec.from_dict(d)
+    return dataclasses.replace(spec, weighting=Component(name, {}))
 
 
 def test_fault_statuses(write_spec, fault_strategies):
     base = next(t for t in expand(load_spec(write_spec(SMALL))) if not t.is_baseline)
     rec = execute(_with_weighting(base, "_nan_at_5"))
     # Step 4's NaN objective poisons the parameters; the task losses are NaN from step 5.
-    assert rec["status"] == "diverged" and rec["diverged_step"] == 5, rec["error"]
-    assert "step 5 (epoch 1)" in rec["error"]
+    assert rec.status == "diverged" and rec.diverged_step == 5, rec.error
+    assert "step 5 (epoch 1)" in rec.error
     rec = execute(_with_weighting(base, "_oom"))
-    assert rec["status"] == "oom" and "out of memory" in rec["error"]
+    assert rec.status == "oom" and "out of memory" in rec.error
     rec = execute(base, time_limit_s=1e-9)
-    assert rec["status"] == "timeout" and "time limit" in rec["error"]
+    assert rec.status == "timeout" and "time limit" in rec.error
 
 
 def test_failed_trials_are_kept_then_retried(tmp_path, write_spec):
@@ -133,18 +133,17 @@ def test_failed_trials_are_kept_then_retried(tmp_path, write_spec):
 def test_probes_record_conflict_and_affinity_without_changing_training(write_spec):
     spec = next(t for t in expand(load_spec(write_spec(SMALL))) if t.weighting.name == "pcgrad")
     plain = execute(spec)
-    d = spec.to_dict()
-    d["probes"] = {"conflict_every": 2, "affinity_every": 3}
-    probed = execute(TrialSpec.from_dict(d))
-    assert probed["metrics"] == plain["metrics"]  # probes never change training
-    conflict = probed["probes"]["conflict"]
+    probed = execute(dataclasses.replace(
+        spec, probes=ProbeSettings(conflict_every=2, affinity_every=3)))
+    assert probed.metrics == plain.metrics  # probes never change training
+    conflict = probed.probes["conflict"]
     assert conflict["steps"] == list(range(0, 8, 2))
     pair = conflict["pairs"]["t1|t2"]
     assert all(-1 - 1e-6 <= c <= 1 + 1e-6 for c in pair["cosine"])
     assert all(0 <= m <= 1 + 1e-6 for m in pair["magnitude_similarity"])
     frac = conflict["conflict_fraction"]["t1|t2"]
     assert frac == pytest.approx(sum(c < 0 for c in pair["cosine"]) / len(pair["cosine"]))
-    affinity = probed["probes"]["affinity"]
+    affinity = probed.probes["affinity"]
     assert affinity["observations"] == 3
     assert set(affinity["matrix"]) == {"t1", "t2"}
     # A step on a task's own loss lowers that loss on the same batch.
@@ -207,7 +206,7 @@ def test_two_concurrent_runs_on_one_directory_split_the_work(tmp_path, write_spe
     store = RunStore(out)
     assert sorted(p.stem for p in store.trials_dir.glob("*.json")) == sorted(t.id for t in trials)
     for record in store.records():
-        assert record["status"] == "ok"
+        assert record.status == "ok"
 
 
 def test_a_missing_optional_dependency_names_its_install_command():

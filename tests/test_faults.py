@@ -255,17 +255,17 @@ def _mtl_trial(write_spec, weighting: str, *overrides: str) -> TrialSpec:
 
 def test_sys_exit_in_a_trial_fails_that_trial_only(write_spec, doubles):
     rec = execute(_mtl_trial(write_spec, "_exit_in_trial"))
-    assert rec["status"] == "error"
-    assert rec["error"].startswith("SystemExit(0): a component called sys.exit()")
+    assert rec.status == "error"
+    assert rec.error.startswith("SystemExit(0): a component called sys.exit()")
 
 
 @pytest.mark.parametrize("weighting", ["ew", "dwa", "pcgrad", "mgda", "cagrad"])
 def test_divergence_is_diverged_whatever_the_strategy(write_spec, weighting):
     rec = execute(_mtl_trial(write_spec, weighting, 'train.optimizer="sgd"', "train.lr=10.0"))
-    assert rec["status"] == "diverged", rec["error"]
-    assert isinstance(rec["diverged_step"], int) and rec["diverged_step"] >= 0
-    assert f"step {rec['diverged_step']} (epoch 0)" in rec["error"]
-    assert "traceback" not in rec
+    assert rec.status == "diverged", rec.error
+    assert isinstance(rec.diverged_step, int) and rec.diverged_step >= 0
+    assert f"step {rec.diverged_step} (epoch 0)" in rec.error
+    assert rec.traceback is None
 
 
 def _run(spec: Path, out: Path, *extra: str) -> int:

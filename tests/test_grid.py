@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bench.config import Component, load_spec
 from bench.grid import TrialSpec, baseline_of, expand
+from bench.spec import TrainSettings, TrialModel
 
 SPEC = """
 name = "grid"
@@ -59,8 +60,10 @@ def test_ids_are_stable_and_canonical(write_spec):
         '"penguins"', '{ name = "penguins", split_seed = 0 }'
     )
     assert {t.id for t in expand(load_spec(write_spec(explicit)))} == {t.id for t in a}
-    # Round trip through the record's JSON form keeps the id.
-    assert all(TrialSpec.from_dict(t.to_dict()).id == t.id for t in a)
+    # Round trip through the record's JSON form (its identity) and through the message
+    # to another process keeps the id.
+    assert all(TrialSpec.from_message(t.identity()).id == t.id for t in a)
+    assert all(TrialSpec.from_message(t.to_message()).id == t.id for t in a)
 
 
 def test_id_is_a_fixed_hash_of_the_spec():
@@ -70,11 +73,13 @@ def test_id_is_a_fixed_hash_of_the_spec():
         sharing=Component("hps", {}),
         weighting=Component("ew", {}),
         seed=0,
-        model={"hidden": [8], "tower": [], "dropout": 0.0},
-        train={"lr": 0.1},
+        model=TrialModel(hidden=[8], tower=[], dropout=0.0),
+        train=TrainSettings(lr=0.1),
     )
-    assert spec.id == TrialSpec.from_dict(spec.to_dict()).id
-    assert spec.id == "9b4e7f899caf37dd"
+    assert spec.id == TrialSpec.from_message(spec.to_message()).id
+    # The typed spec's identity holds every model and training setting (defaults
+    # included), as the grid's specs always did: acf966a's code gives this id too.
+    assert spec.id == "c6c7c2303b4fbcea"
 
 
 def test_heads_setting_is_a_sweepable_axis_that_keeps_default_ids(write_spec):
@@ -84,8 +89,8 @@ def test_heads_setting_is_a_sweepable_axis_that_keeps_default_ids(write_spec):
     plain = expand(load_spec(write_spec(SPEC)))
     explicit = expand(load_spec(write_spec(SPEC + '[train]\nheads = "method"\n')))
     assert {t.id for t in plain} == {t.id for t in explicit}
-    assert all("heads" not in t.train for t in plain)
+    assert all("heads" not in t.train.to_dict() for t in plain)
     swept = expand(load_spec(write_spec(SPEC + '[train_grid]\nheads = ["own", "weighted"]\n')))
     mtl = [t for t in swept if not t.is_baseline]
-    assert sorted({t.train["heads"] for t in mtl}) == ["own", "weighted"]
+    assert sorted({t.train.heads for t in mtl}) == ["own", "weighted"]
     assert len(mtl) == 2 * len([t for t in plain if not t.is_baseline])

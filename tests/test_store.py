@@ -16,7 +16,16 @@ from bench.cli import main
 from bench.config import load_spec
 from bench.executors import ExecutorOptions, run_specs
 from bench.grid import expand
+from bench.records import TrialRecord
+from bench.spec import Component, TrainSettings, TrialModel, TrialSpec
 from bench.store import RunStore, atomic_write_json, atomic_write_text, load
+
+
+def _spec(seed: int = 0) -> TrialSpec:
+    """A trial spec of no sweep (records written by hand)."""
+    return TrialSpec(dataset=Component("penguins", {"split_seed": 0}),
+                     sharing=Component("hps", {}), weighting=Component("ew", {}), seed=seed,
+                     model=TrialModel(hidden=[8]), train=TrainSettings(epochs=1))
 
 
 def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
@@ -50,11 +59,11 @@ def test_resume_skips_finished_trials(tmp_path, write_spec):
     store = RunStore(tmp_path / "run")
     first = run_specs(trials[:2], store, ExecutorOptions(kind="inline"), progress=False)
     assert len(first.ran) == 2 and first.skipped == 0
-    before = {t.id: store.read(t.id)["finished_at"] for t in trials[:2]}
+    before = {t.id: store.read(t.id).finished_at for t in trials[:2]}
     second = run_specs(trials, store, ExecutorOptions(kind="inline"), progress=False)
     assert second.skipped == 2
     assert set(second.ran) == {t.id for t in trials[2:]}
-    assert {t: store.read(t)["finished_at"] for t in before} == before
+    assert {t: store.read(t).finished_at for t in before} == before
 
 
 def test_load_returns_tidy_frame(tmp_path, write_spec):
@@ -224,7 +233,7 @@ def test_two_sweeps_run_each_failing_trial_once(tmp_path, write_spec, monkeypatc
                                                 retry_failed):
     """A second sweep starts on the directory while the first runs its first trial; all
     trials time out. Each trial must run once in all (not once per sweep)."""
-    import bench.trial
+    import bench.executors.base
 
     trials = expand(load_spec(write_spec()))
     store = RunStore(tmp_path / "run")
@@ -233,7 +242,7 @@ def test_two_sweeps_run_each_failing_trial_once(tmp_path, write_spec, monkeypatc
         run_specs(trials, store, failing, progress=False)
         assert {store.status(t.id) for t in trials} == {"timeout"}
     calls: Counter[str] = Counter()
-    real = bench.trial.execute
+    real = bench.executors.base.execute
     second: list = []
 
     def counting(spec, time_limit_s=None):
@@ -243,7 +252,7 @@ def test_two_sweeps_run_each_failing_trial_once(tmp_path, write_spec, monkeypatc
                                     retry_failed=retry_failed, progress=False))
         return real(spec, time_limit_s=time_limit_s)
 
-    monkeypatch.setattr(bench.trial, "execute", counting)
+    monkeypatch.setattr(bench.executors.base, "execute", counting)  # what run_one calls
     first = run_specs(trials, store, failing, retry_failed=retry_failed, progress=False)
     assert calls == {t.id: 1 for t in trials}
     assert len(first.ran) + len(second[0].ran) == len(trials)
@@ -258,11 +267,12 @@ def test_files_get_the_mode_the_umask_gives(tmp_path, umask):
     old = os.umask(umask)
     try:
         store = RunStore(tmp_path / "run")
-        store.write_manifest({"name": "x"}, ["a" * 16])
-        store.write({"id": "a" * 16, "status": "ok"})
+        rec = TrialRecord.of(_spec(), "ok", metrics={"test": {"t": {"mse": 1.0}}})
+        store.write_manifest({"name": "x"}, [rec.id])
+        store.write(rec)
         atomic_write_text(tmp_path / "report.md", "# r\n")
     finally:
         os.umask(old)
-    for path in (store.root / "manifest.json", store.record_path("a" * 16),
+    for path in (store.root / "manifest.json", store.record_path(rec.id),
                  tmp_path / "report.md"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

@@ -26,7 +26,7 @@ from bench import analysis, store, tensorboard
 from bench.cli import main
 from bench.config import load_spec
 from bench.curves import curve_frame
-from bench.grid import TrialSpec, expand
+from bench.grid import expand
 from bench.trial import execute
 
 # penguins: 200 training samples, batch 64 -> 4 steps per epoch; 3 epochs = 12 steps.
@@ -102,19 +102,19 @@ def test_step_and_epoch_scalars(run):
     assert [e.value for e in acc.Scalars("lr")] == pytest.approx([1e-3] * EPOCHS)
     assert _steps(acc, "val/sex/auc") == epoch_ends
     # The epoch values are the record's history, exactly.
-    rec = next(r for r in store.RunStore(run).records() if r["spec"]["weighting"]["name"] == "mgda")
+    rec = next(r for r in store.RunStore(run).records() if r.spec.weighting.name == "mgda")
     assert [e.value for e in acc.Scalars("val/sex/loss")] == pytest.approx(
-        [h["val"]["sex"]["loss"] for h in rec["history"]], rel=1e-6)
+        [h.val["sex"]["loss"] for h in rec.history], rel=1e-6)
     assert [e.value for e in acc.Scalars("epoch/weight/sex")] == pytest.approx(
-        [h["weights"]["sex"] for h in rec["history"]], rel=1e-6)
+        [h.weights["sex"] for h in rec.history], rel=1e-6)
     # Probes: the cosine at every probed step, affinities per epoch.
     pair = "species|sex"
-    assert _steps(acc, f"probes/conflict/cosine/{pair}") == rec["probes"]["conflict"]["steps"]
+    assert _steps(acc, f"probes/conflict/cosine/{pair}") == rec.probes["conflict"]["steps"]
     assert [e.value for e in acc.Scalars(f"probes/conflict/cosine/{pair}")] == pytest.approx(
-        rec["probes"]["conflict"]["pairs"][pair]["cosine"], rel=1e-6)
+        rec.probes["conflict"]["pairs"][pair]["cosine"], rel=1e-6)
     assert _steps(acc, f"probes/conflict/fraction/{pair}") == epoch_ends
     assert acc.Scalars("probes/affinity/species->sex")[-1].value == pytest.approx(
-        rec["probes"]["affinity"]["matrix"]["species"]["sex"], rel=1e-6)
+        rec.probes["affinity"]["matrix"]["species"]["sex"], rel=1e-6)
     # ew applies no per-step weights of its own: no weight tags, the rest is there.
     ew = _accumulator(run / tensorboard.FOLDER / MTL_RUNS[0])
     assert _steps(ew, "train/loss/sex") == step_points
@@ -126,8 +126,8 @@ def _session(acc: event_accumulator.EventAccumulator, which: str):
 
 
 def test_hparams_sessions_metrics_and_experiment(run):
-    records = {r["id"]: r for r in store.RunStore(run).records()}
-    names = tensorboard.run_names([TrialSpec.from_dict(r["spec"]) for r in records.values()])
+    records = {r.id: r for r in store.RunStore(run).records()}
+    names = tensorboard.run_names([r.spec for r in records.values()])
     by_name = {name: trial_id for trial_id, name in names.items()}
     summary = analysis.trial_summary(store.load(run, quiet=True)).set_index("trial_id")
     for name in MTL_RUNS + BASELINE_RUNS:
@@ -135,20 +135,20 @@ def test_hparams_sessions_metrics_and_experiment(run):
         acc = _accumulator(run / tensorboard.FOLDER / name)
         start = _session(acc, "session_start_info").session_start_info
         hp = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
-        assert hp == tensorboard.hparams_of(TrialSpec.from_dict(rec["spec"]))
+        assert hp == tensorboard.hparams_of(rec.spec)
         assert hp["dataset"] == "penguins" and hp["seed"] == 0.0
-        assert hp["weighting"] == rec["spec"]["weighting"]["name"]
-        assert hp["task"] == (",".join(rec["spec"]["tasks"]) if rec["spec"]["tasks"] else "all")
+        assert hp["weighting"] == rec.spec.weighting.name
+        assert hp["task"] == (",".join(rec.spec.tasks) if rec.spec.tasks else "all")
         assert _session(acc, "session_end_info").session_end_info.status == 1  # SUCCESS
-        for t in rec["tasks"]:
-            for m, v in rec["metrics"]["test"][t].items():
+        for t in rec.tasks:
+            for m, v in rec.metrics["test"][t].items():
                 assert acc.Scalars(f"hparams/test/{t}/{m}")[-1].value == pytest.approx(v, rel=1e-6)
         assert acc.Scalars("hparams/step_ms")[-1].value == pytest.approx(
-            rec["timing"]["step_s"] * 1000, rel=1e-6)
+            rec.timing.step_s * 1000, rel=1e-6)
         if name in MTL_RUNS:  # Δm, written by the report
             for key in ("delta_m_task", "delta_m_metric"):
                 assert acc.Scalars(f"hparams/{key}")[-1].value == pytest.approx(
-                    summary.loc[rec["id"], key], rel=1e-5)
+                    summary.loc[rec.id, key], rel=1e-5)
         else:
             assert "hparams/delta_m_task" not in acc.Tags()["scalars"]
     # The experiment: every hyperparameter and the metric tags, at the top.
@@ -180,7 +180,9 @@ def test_ids_and_records_do_not_depend_on_logging(run, tmp_path):
     assert all(t.tensorboard is not None for t in logged)
     assert tensorboard.attach(plain, off.tensorboard, tmp_path) == plain
     assert {p.stem for p in (run / "trials").glob("*.json")} == {t.id for t in plain}
-    assert all("tensorboard" not in r["spec"] for r in store.RunStore(run).records())
+    assert all(r.spec.tensorboard is None for r in store.RunStore(run).records())
+    assert all("tensorboard" not in json.loads(p.read_text())["spec"]
+               for p in (run / "trials").glob("*.json"))
 
 
 def test_disabled_logging_writes_no_events(tmp_path):
@@ -201,13 +203,14 @@ def test_logging_changes_no_result(tmp_path):
                 if t.weighting.name == "mgda")
     logged = dataclasses.replace(spec, tensorboard={"dir": str(tmp_path / "tb"), "every": 1})
     a, b = execute(spec), execute(logged)
-    assert a["status"] == b["status"] == "ok"
-    assert a["id"] == b["id"] and a["spec"] == b["spec"]
-    assert a["metrics"] == b["metrics"]
-    assert a["best_epoch"] == b["best_epoch"]
-    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in a["history"]]
-    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in b["history"]]
-    assert a["probes"] == b["probes"]
+    assert a.status == b.status == "ok"
+    assert a.id == b.id and a.spec.identity() == b.spec.identity()
+    assert a.to_dict()["spec"] == b.to_dict()["spec"]
+    assert a.metrics == b.metrics
+    assert a.best_epoch == b.best_epoch
+    strip = [h.model_dump(exclude={"seconds"}) for h in a.history]
+    assert strip == [h.model_dump(exclude={"seconds"}) for h in b.history]
+    assert a.probes == b.probes
     acc = _accumulator(tmp_path / "tb")
     assert _steps(acc, "train/loss/sex") == list(range(STEPS_PER_EPOCH * EPOCHS))
 
@@ -218,7 +221,7 @@ def test_a_diverged_trial_ends_its_session_as_failed(tmp_path):
         "train.lr=10.0", "train.optimizer=sgd", "train.epochs=20"])) if t.weighting.name == "ew")
     rec = execute(dataclasses.replace(spec, tensorboard={"dir": str(tmp_path / "tb"),
                                                          "every": 1}))
-    assert rec["status"] == "diverged"
+    assert rec.status == "diverged"
     acc = _accumulator(tmp_path / "tb")
     assert _session(acc, "session_end_info").session_end_info.status == 2  # FAILURE
     assert len(acc.Scalars("train/loss/body_mass")) > 0
@@ -480,9 +483,9 @@ def test_report_has_learning_curves_with_flags(run):
     labels["strategy"] = [analysis.strategy_label(s, w) for s, w in
                           zip(labels["sharing"], labels["weighting"], strict=True)]
     curves = curve_frame(records, labels)
-    assert len(curves) == sum(len(r["history"]) * len(r["tasks"]) for r in records)
+    assert len(curves) == sum(len(r.history) * len(r.tasks) for r in records)
     flags = curves.drop_duplicates("trial_id").set_index("trial_id")["last_epoch_best"]
     for r in records:
-        assert flags[r["id"]] == (r["best_epoch"] == EPOCHS - 1)
+        assert flags[r.id] == (r.best_epoch == EPOCHS - 1)
     if flags.any():  # 3 epochs at lr 1e-3: the loss is still falling
         assert "best = last epoch:" in md
