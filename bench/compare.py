@@ -36,6 +36,7 @@ from scipy import stats
 
 from bench import analysis, store
 from bench.errors import ConfigError
+from bench.grid import schema1_labels
 from bench.tasks import HIGHER_IS_BETTER
 
 __all__ = ["HELP", "Comparison", "add_arguments", "compare_runs", "main", "render"]
@@ -81,7 +82,7 @@ class Comparison:
 
 def _values(run_dir: Path, split: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Per-seed values (columns: KEY, quantity, seed, value) and per-row trial statuses."""
-    tidy = store.load(run_dir)
+    tidy = store.load(run_dir, schema1_labels=schema1_labels)
     if tidy.empty:
         raise ConfigError(f"{run_dir}: no trial records to compare")
     summary = analysis.trial_summary(tidy, split)

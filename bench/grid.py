@@ -18,6 +18,7 @@ from bench import data
 from bench.data import DATASETS
 from bench.engine import ENGINES
 from bench.errors import ConfigError
+from bench.records import v1_labels
 from bench.registry import Registry
 from bench.sampling import SAMPLING
 from bench.spec import (
@@ -36,7 +37,14 @@ from strategies import sharing
 from strategies.sharing import SHARING, BackboneSpec, count_parameters, match_params
 from strategies.weighting import WEIGHTING
 
-__all__ = ["BASELINE_SHARING", "BASELINE_WEIGHTING", "TrialSpec", "baseline_of", "expand"]
+__all__ = [
+    "BASELINE_SHARING",
+    "BASELINE_WEIGHTING",
+    "TrialSpec",
+    "baseline_of",
+    "expand",
+    "schema1_labels",
+]
 
 
 def baseline_of(spec: TrialSpec, task: str) -> TrialSpec:
@@ -69,6 +77,29 @@ def _labelled(spec: TrialSpec) -> TrialSpec:
                   if spec.sampling is not None else None),
     )
     return dataclasses.replace(spec, labels=labels)
+
+
+def schema1_labels(raws: list[dict[str, Any]]) -> dict[str, Labels]:
+    """Labels of records written before records held them (schema 1), as the grid gives
+    them today: names plus the hyperparameters that differ from the registries'
+    defaults. A component no registry knows any more (a plugin that is gone) keeps the
+    run-relative label of :func:`bench.records.v1_labels`."""
+    fallback = v1_labels(raws)
+    registries = {"dataset": DATASETS, "sharing": SHARING, "weighting": WEIGHTING,
+                  "sampling": SAMPLING}
+    out: dict[str, Labels] = {}
+    for raw in raws:
+        rec_id = raw.get("id")
+        if rec_id not in fallback:
+            continue  # damaged: the store names it
+        labels = fallback[rec_id].model_dump()
+        spec = raw["spec"]
+        for key, registry in registries.items():
+            if spec.get(key) is not None and spec[key]["name"] in registry:
+                component = Component.from_dict(spec[key])
+                labels[key] = component_label(component, _defaults(registry, component.name))
+        out[rec_id] = Labels(**labels)
+    return out
 
 
 def _load(ds: Component, source: str = "") -> Any:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from bench import analysis, store
 from bench.errors import ConfigError, error_summary
+from bench.grid import schema1_labels
 from bench.records import TrialRecord
 from bench.report import recommend, tables
 from bench.report.plots.base import strategy_colors
@@ -164,7 +165,7 @@ class RunResults:
         run = store.RunStore(run_dir)
         if not run.trials_dir.is_dir():
             raise ConfigError(f"{run_dir}: not a run directory (no trials/ folder)")
-        scan = run.scan()
+        scan = run.scan(schema1_labels)  # older records labelled as the registries would
         store.print_problems(scan.problems)
         tidy = store.frame(scan.records)
         if tidy.empty:
