@@ -4,23 +4,42 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
+import dataclasses
+import inspect
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
 
 from tabulate import tabulate
 
-from bench.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, Interrupted, SweepError
-
-if TYPE_CHECKING:
-    from bench.executors import SweepOutcome
-    from bench.spec import TrialSpec
-    from bench.store import RunStore
+from bench import __version__, check, compare, speed, tensorboard
+from bench.config import check_run_dir, load_spec, preset_names
+from bench.data import DATASETS
+from bench.data.common import availability
+from bench.dryrun import preset_rows, summary
+from bench.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    Interrupted,
+    SweepError,
+    error_summary,
+)
+from bench.executors import SweepOutcome, default_workers, preflight, run_specs
+from bench.grid import expand
+from bench.plugins import import_plugins, load_entry_points
+from bench.report import write_report
+from bench.sampling import SAMPLING
+from bench.spec import TrialSpec
+from bench.store import RunStore, print_problems, weighting_label
+from strategies.sharing import SHARING, reference_parameter_counts
+from strategies.weighting import WEIGHTING
 
 __all__ = ["main"]
 
@@ -33,11 +52,12 @@ RUN_EXIT_CODES = """exit codes:
        trials are kept, running ones stopped; rerun to resume"""
 LISTED_FAILURES = 20  # failed trials named at the end of `run`; the report lists all
 
-PLUGGED_COMMANDS: dict[str, str] = {
-    "compare": "bench.compare",
-    "speed": "bench.speed",
-    "check": "bench.check",
-    "tensorboard": "bench.tensorboard",
+# Commands living in their own modules: each has HELP, add_arguments(parser), main(args).
+PLUGGED_COMMANDS: dict[str, ModuleType] = {
+    "compare": compare,
+    "speed": speed,
+    "check": check,
+    "tensorboard": tensorboard,
 }
 
 
@@ -83,21 +103,16 @@ def _build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write the report of a run directory")
     rep.add_argument("run_dir")
 
-    # Commands living in their own modules: each has HELP, add_arguments(parser), main(args).
     for name, module in PLUGGED_COMMANDS.items():
-        mod = importlib.import_module(module)
-        mod.add_arguments(sub.add_parser(name, help=mod.HELP))
+        module.add_arguments(sub.add_parser(name, help=module.HELP))
     return parser
 
 
 def _version() -> str:
     """The installed distribution's version, else the source tree's."""
-    from importlib import metadata
-
     try:
         return metadata.version("mtlbench")
     except metadata.PackageNotFoundError:
-        from bench import __version__
 
         return __version__
 
@@ -105,9 +120,6 @@ def _version() -> str:
 def _dataset_inputs(names: list[str]) -> dict[str, str]:
     """"single", "multi" (each task its own samples) or "both" (a parameter chooses),
     read from each loader's return annotation, so nothing is loaded."""
-    import inspect
-
-    from bench.data import DATASETS
 
     out = {}
     for n in names:
@@ -118,12 +130,6 @@ def _dataset_inputs(names: list[str]) -> dict[str, str]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from bench.config import preset_names
-    from bench.data import DATASETS
-    from bench.plugins import import_plugins, load_entry_points
-    from bench.sampling import SAMPLING
-    from strategies.sharing import SHARING
-    from strategies.weighting import WEIGHTING
 
     load_entry_points()  # installed packages' components are listed like built-in ones
     import_plugins(args.plugins)
@@ -131,7 +137,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if args.names:
             print("\n".join(preset_names()))
             return 0
-        from bench.dryrun import preset_rows
 
         print(tabulate(preset_rows(), headers=["name", "description", "trials",
                                                "measured run time"],
@@ -146,13 +151,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     headers = ["name", "description", "hyperparameters (defaults)"]
     extra: dict[str, str] = {}
     if args.kind == "sharing":
-        from strategies.sharing import reference_parameter_counts
 
         counts = reference_parameter_counts()
         extra = {n: f"{counts[n]:,}" if n in counts else "—" for n in names}
         headers.append("parameters (reference)")
     elif args.kind == "datasets":
-        from bench.data.common import availability
 
         status = availability()
         extra = {n: ("installed" if status.get(n) is None else f"missing: {status[n]}")
@@ -178,12 +181,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from bench.config import check_run_dir, load_spec
-    from bench.executors import preflight, run_specs
-    from bench.grid import expand
-    from bench.store import RunStore, print_problems
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers: must be at least 1")
@@ -193,8 +190,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, preset=args.preset, overrides=args.overrides)
     trials = expand(spec)
     if args.dry_run:  # before the run directory is even checked: nothing is written
-        from bench.dryrun import summary
-        from bench.executors import default_workers
 
         inline = (args.executor or spec.executor.kind) == "inline"
         workers = 1 if inline else args.workers or max(
@@ -221,7 +216,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
                           f"{err.strerror or err}") from None
     store.remove_stale_temp_files()
     if spec.tensorboard.enabled:  # events under <out>/tensorboard (ids unchanged)
-        from bench import tensorboard
 
         trials = tensorboard.attach(trials, spec.tensorboard, out)
         tensorboard.write_experiment(out, trials)
@@ -242,7 +236,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _trial_name(spec: TrialSpec) -> str:
-    from bench.store import weighting_label
 
     task = f" task={','.join(spec.tasks)}" if spec.is_baseline and spec.tasks else ""
     return (f"{spec.dataset.name} | {spec.sharing.name} | "
@@ -250,7 +243,6 @@ def _trial_name(spec: TrialSpec) -> str:
 
 
 def _first_error_line(store: RunStore, trial_id: str) -> str:
-    from bench.errors import error_summary
 
     try:
         return error_summary(store.read(trial_id).error)
@@ -300,7 +292,6 @@ def _termination_raises() -> Iterator[None]:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import write_report
 
     try:
         path = write_report(args.run_dir)
@@ -318,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _build_parser().parse_args(argv)
         handlers = {"list": _cmd_list, "run": _cmd_run, "report": _cmd_report}
         if args.command in PLUGGED_COMMANDS:
-            return importlib.import_module(PLUGGED_COMMANDS[args.command]).main(args)
+            return PLUGGED_COMMANDS[args.command].main(args)
         with _termination_raises() if args.command == "run" else contextlib.nullcontext():
             return handlers[args.command](args)
     except ConfigError as err:
