@@ -204,11 +204,22 @@ class Component:
         return cls(d["name"], dict(d["params"]))
 
 
+def _as_json(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` as JSON reads them back (tuples become lists); as given if not JSON."""
+    try:
+        return json.loads(json.dumps(params))
+    except (TypeError, ValueError):
+        return dict(params)
+
+
 def component_label(component: Component, defaults: dict[str, Any] | None = None) -> str:
     """``name`` plus the hyperparameters that differ from ``defaults`` (all of them
-    without defaults), e.g. ``cagrad(c=0.9)``."""
-    params = component.params
+    without defaults), e.g. ``cagrad(c=0.9)``. Values are shown as a record's JSON holds
+    them (``ls(weights=[1.0, 0.5])``, not the registry's tuple), so a label is the same
+    whether computed by the grid or from a record read back."""
+    params = _as_json(component.params)
     if defaults is not None:
+        defaults = _as_json(defaults)
         params = {k: v for k, v in params.items() if defaults.get(k, object()) != v}
     if not params:
         return component.name
