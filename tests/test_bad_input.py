@@ -68,14 +68,14 @@ CASES = [
     ("dropout", ("hidden = [8]", "hidden = [8]\ndropout = 1.0"), [], "model.dropout: Input should be less than 1"),
     ("name-chars", ('name = "bad"', 'name = "a b"'), [], "name: String should match pattern"),
     ("time-limit-spec", ("seeds = [0]", "seeds = [0]\ntime_limit_s = 0"), [], "time_limit_s: Input should be greater than 0"),
-    ("executor-spec", ("seeds = [0]", 'seeds = [0]\nexecutor = "slurm"'), [], "executor: Input should be 'inline', 'process', 'ray' or 'submitit'"),
+    ("executor-spec", ("seeds = [0]", 'seeds = [0]\nexecutor = "slurm"'), [], "executor: unknown executor 'slurm'; known: inline, process, ray, submitit"),
     ("plugin-missing", ("seeds = [0]", 'seeds = [0]\nplugins = ["nowhere.py"]'), [], "plugins: plugin"),
     ("set-no-equals", (), ["--set", "train.epochs"], "--set 'train.epochs': expected KEY=VALUE"),
     ("set-bad-index", (), ["--set", "datasets.5.name=penguins"], "no item 5 in 'datasets'"),
     ("set-wrong-type", (), ["--set", "train.epochs=many"], "train.epochs: Input should be a valid integer"),
     ("workers-zero", (), ["--workers", "0"], "--workers: must be at least 1"),
     ("time-limit-cli", (), ["--time-limit", "-5"], "--time-limit: must be a positive number"),
-    ("executor-cli", (), ["--executor", "slurm"], "argument --executor: invalid choice: 'slurm'"),
+    ("executor-cli", (), ["--executor", "slurm"], "mtlbench: error: unknown executor 'slurm'; known: inline, process, ray, submitit"),
 ]
 
 

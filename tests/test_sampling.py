@@ -187,7 +187,7 @@ def test_sampling_axis_multiplies_multi_input_trials_only(write_spec):
         'sampling = ["round_robin", "proportional", { name = "temperature", temperature = 4.0 }]',
         ""), "b.toml")))
     assert [s.id for s in with_axis] == [s.id for s in without]
-    assert all("sampling" not in s.to_dict() for s in with_axis)
+    assert all("sampling" not in s.identity() for s in with_axis)
 
 
 @pytest.mark.parametrize("line, match", [
@@ -249,30 +249,32 @@ def test_multi_input_trial_is_deterministic_and_policy_changes_training(write_sp
     by_policy = {s.sampling.name: s for s in specs}
     first = execute(by_policy["round_robin"])
     again = execute(by_policy["round_robin"])
-    assert first["status"] == "ok"
-    assert first["metrics"] == again["metrics"]
+    assert first.status == "ok"
+    assert first.metrics == again.metrics
     prop = execute(by_policy["proportional"])
-    assert prop["metrics"] != first["metrics"]
+    assert prop.metrics != first.metrics
     # Equal compute: every policy reads the same number of samples in the same steps.
-    assert prop["timing"]["steps"] == first["timing"]["steps"] == 2 * math.ceil(660 / 64)
+    assert prop.timing.steps == first.timing.steps == 2 * math.ceil(660 / 64)
 
 
 def test_baseline_of_a_multi_input_task_trains_on_that_task_alone(write_spec):
     specs = expand(load_spec(write_spec(MULTI)))
     base = next(s for s in specs if s.is_baseline and s.tasks == ("t2",))
     record = execute(base)
-    assert record["status"] == "ok"
-    assert list(record["metrics"]["test"]) == ["t2"]
-    assert record["timing"]["steps"] == 2 * math.ceil(60 / 32)  # t2's 60 samples only
+    assert record.status == "ok"
+    assert list(record.metrics["test"]) == ["t2"]
+    assert record.timing.steps == 2 * math.ceil(60 / 32)  # t2's 60 samples only
 
 
 def test_a_trial_record_round_trips_its_sampling_policy(write_spec):
     from bench.grid import TrialSpec
 
     spec = next(s for s in expand(load_spec(write_spec(MULTI))) if s.sampling is not None)
-    again = TrialSpec.from_dict(spec.to_dict())
+    again = TrialSpec.from_message(spec.identity())  # what the record holds
     assert again == spec and again.id == spec.id
     assert again.sampling == Component(spec.sampling.name, spec.sampling.params)
+    sent = TrialSpec.from_message(spec.to_message())  # what a worker process gets
+    assert sent == spec and sent.id == spec.id and sent.labels == spec.labels
 
 
 def test_manifest_names_the_axis_only_when_used(write_spec, tiny_spec):
@@ -342,7 +344,7 @@ def test_one_task_per_step_admits_only_equal_weighting(write_spec):
     ok = text.replace('weighting = ["ew", "mgda"]', 'weighting = ["ew"]')
     specs = [s for s in expand(load_spec(write_spec(ok, "ok.toml"))) if not s.is_baseline]
     first, again = execute(specs[0]), execute(specs[0])
-    assert first["status"] == "ok" and first["metrics"] == again["metrics"]
-    assert first["timing"]["steps"] == 2 * math.ceil(660 / 32)
+    assert first.status == "ok" and first.metrics == again.metrics
+    assert first.timing.steps == 2 * math.ceil(660 / 32)
     # Each task's epoch loss is its mean over its own steps, not diluted by the others'.
-    assert all(v > 0.05 for v in first["history"][0]["train_loss"].values())
+    assert all(v > 0.05 for v in first.history[0].train_loss.values())

@@ -33,12 +33,12 @@ def test_each_value_gets_its_own_trials_and_baselines(write_spec):
     specs = expand(load_spec(write_spec(GRID)))
     mtl = [s for s in specs if not s.is_baseline]
     base = [s for s in specs if s.is_baseline]
-    assert sorted((s.weighting.name, s.train["lr"]) for s in mtl) == [
+    assert sorted((s.weighting.name, s.train.lr) for s in mtl) == [
         ("ew", 0.001), ("ew", 0.01), ("ls", 0.001), ("ls", 0.01)]
-    assert sorted((s.tasks, s.train["lr"]) for s in base) == [
+    assert sorted((s.tasks, s.train.lr) for s in base) == [
         (("t1",), 0.001), (("t1",), 0.01), (("t2",), 0.001), (("t2",), 0.01)]
     # Everything else is the sweep's [train].
-    assert {s.train["epochs"] for s in specs} == {2}
+    assert {s.train.epochs for s in specs} == {2}
 
 
 def test_a_one_value_grid_gives_the_same_ids_as_no_grid(write_spec):
@@ -53,7 +53,7 @@ def test_product_of_several_keys(write_spec):
     text = GRID.replace("lr = [0.001, 0.01]", 'lr = [0.001, 0.01]\noptimizer = ["adam", "sgd"]')
     mtl = [s for s in expand(load_spec(write_spec(text))) if not s.is_baseline]
     assert len(mtl) == 2 * 2 * 2
-    assert {(s.train["lr"], s.train["optimizer"]) for s in mtl} == {
+    assert {(s.train.lr, s.train.optimizer) for s in mtl} == {
         (lr, opt) for lr in (0.001, 0.01) for opt in ("adam", "sgd")}
 
 
@@ -88,7 +88,7 @@ def test_labels_tables_and_front_separate_the_values(write_spec, tmp_path):
     assert len(summary) == 4 and summary["delta_m_task"].notna().all()
     # Each multi-task trial is paired with the baselines of its own learning rate.
     pairs = tidy[tidy["baseline_id"].notna()][["trial_id", "baseline_id"]].drop_duplicates()
-    lr_of = {r["id"]: r["spec"]["train"]["lr"] for r in store.RunStore(out).records()}
+    lr_of = {r.id: r.spec.train.lr for r in store.RunStore(out).records()}
     assert all(lr_of[a] == lr_of[b] for a, b in pairs.itertuples(index=False))
     fronts = analysis.scalarization_front(summary)
     (front,) = fronts.values()
