@@ -31,8 +31,16 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from bench.config import Component, SweepSpec
+from bench import data
+from bench.assembly import IncompatibleSpec
+from bench.config import Component, SweepSpec, load_spec, preset_names
+from bench.engine import ENGINES
+from bench.errors import ConfigError
+from bench.grid import expand
 from bench.spec import TrialSpec
+from bench.speed import CellRunner, SpeedCell, torch_threads
+from bench.timing import make_timer
+from strategies.weighting import WEIGHTING
 
 __all__ = ["STEPS", "WARMUP", "estimate", "preset_rows", "summary"]
 
@@ -41,7 +49,6 @@ WARMUP = 2
 
 
 def _steps_per_epoch(spec: TrialSpec) -> int:
-    from bench import data
 
     ds: Any = data.load(spec.dataset.name, **spec.dataset.params)
     train = ds.train
@@ -64,11 +71,6 @@ def _time_step(spec: TrialSpec, shape: tuple[int, ...], tasks: int) -> float:
     batches (0 when the engine cannot serve the strategy: the trial fails at once)."""
     import torch
 
-    from bench.assembly import IncompatibleSpec
-    from bench.engine import ENGINES
-    from bench.speed import CellRunner, SpeedCell, torch_threads
-    from bench.timing import make_timer
-    from strategies.weighting import WEIGHTING
 
     train = spec.train
     optim = {k: getattr(train, k) for k in ("optimizer", "lr", "weight_decay", "momentum")}
@@ -103,7 +105,6 @@ def _time_step(spec: TrialSpec, shape: tuple[int, ...], tasks: int) -> float:
 def estimate(specs: Sequence[TrialSpec], workers: int) -> float | None:
     """Estimated wall seconds of ``specs`` on ``workers`` concurrent trials (see the module
     docstring); None when a trial's backbone cannot be timed."""
-    from bench import data
 
     if any(s.model.backbone != "mlp" for s in specs):
         return None
@@ -169,9 +170,6 @@ def preset_rows() -> list[list[str]]:
 
     import tomllib
 
-    from bench.config import load_spec, preset_names
-    from bench.errors import ConfigError
-    from bench.grid import expand
 
     rows = []
     for name in preset_names():

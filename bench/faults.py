@@ -30,6 +30,9 @@ from typing import Any
 
 import torch
 
+from bench.tasks import HIGHER_IS_BETTER
+from bench.timing import synchronize
+
 __all__ = [
     "NO_FAULTS",
     "FaultHooks",
@@ -128,7 +131,6 @@ class GateFaults(FaultHooks):
         fraction = self.slowdown.get(strategy, 0.0)
         if fraction <= 0:
             return None
-        from bench.timing import synchronize
 
         # On CPU the busy wait lasts fraction x the step's thread CPU time (so both the
         # wall-clock and the CPU-time timers see the step 1 + fraction times longer,
@@ -148,7 +150,6 @@ class GateFaults(FaultHooks):
         fraction = self.accuracy.get(strategy)
         if not fraction:
             return metrics
-        from bench.tasks import HIGHER_IS_BETTER
 
         def bad(metric: str, value: Any) -> Any:
             if not isinstance(value, (int, float)):

@@ -111,11 +111,16 @@ class Registry(Generic[T]):
                 f"known: {', '.join(self.names())}"
             ) from None
 
+    def is_builtin(self, name: str) -> bool:
+        """Registered by the project itself (not by a plugin)."""
+        module = getattr(self._items.get(name), "__module__", None) or ""
+        return module.split(".")[0] in _OWN_PACKAGES
+
     def describe(self, name: str) -> str:
         """``kind 'name'``, plus the file or module of a component that a plugin
         registered (so that an error in it points at the user's code)."""
         module = getattr(self._items.get(name), "__module__", None) or ""
-        if not module or module.split(".")[0] in _OWN_PACKAGES:
+        if not module or self.is_builtin(name):
             return f"{self.kind} '{name}'"
         origin = getattr(sys.modules.get(module), "__file__", None) or module
         return f"{self.kind} '{name}' (plugin {origin})"

@@ -7,6 +7,7 @@ samples.
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -31,7 +32,7 @@ TINY = [
 
 @pytest.fixture
 def plugged(monkeypatch):
-    monkeypatch.setitem(cli.PLUGGED_COMMANDS, "check", "bench.check")
+    monkeypatch.setitem(cli.PLUGGED_COMMANDS, "check", importlib.import_module("bench.check"))
     assert faults.current() is faults.NO_FAULTS
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import itertools
 import json
 import math
@@ -73,7 +74,7 @@ def _test_strategies():
 
 @pytest.fixture
 def plugged(monkeypatch):
-    monkeypatch.setitem(cli.PLUGGED_COMMANDS, "speed", "bench.speed")
+    monkeypatch.setitem(cli.PLUGGED_COMMANDS, "speed", importlib.import_module("bench.speed"))
 
 
 # ----------------------------------------------------------------------------- statistics

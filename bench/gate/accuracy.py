@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import faults
+from bench.executors import ExecutorOptions, run_specs
 from bench.gate.plan import DEFAULTS
 from bench.grid import TrialSpec
+from bench.store import RunStore
 
 __all__ = ["compare_accuracy", "run_accuracy"]
 
@@ -78,8 +80,6 @@ def run_accuracy(plan: dict[str, TrialSpec], *, quiet: bool = False,
     if run_dir is None:
         with tempfile.TemporaryDirectory(prefix="mtlbench-check-") as tmp:
             return run_accuracy(plan, quiet=quiet, run_dir=tmp)
-    from bench.executors import ExecutorOptions, run_specs
-    from bench.store import RunStore
 
     store = RunStore(run_dir)
     specs = list({trial.id: trial for trial in plan.values()}.values())

@@ -12,6 +12,8 @@ from bench.config import SweepSpec, load_spec
 from bench.errors import ConfigError
 from bench.grid import BASELINE_WEIGHTING, TrialSpec, expand
 from bench.registry import suggest
+from strategies.sharing import SHARING
+from strategies.weighting import WEIGHTING
 
 __all__ = [
     "COVERAGE_COMMON",
@@ -56,6 +58,7 @@ COVERAGE_COMMON: tuple[str, ...] = (
     "train.momentum=0.9", "train.epochs=6", "train.batch_size=16",
     "train_grid={}", "include=[]", "exclude=[]",
 )
+
 COVERAGE_PREFIX = "coverage/"
 THREADS = 1  # trials and timed cells run on one CPU thread
 
@@ -74,17 +77,13 @@ def _trial_key(trial: Any, spec: SweepSpec) -> str:
 
 def _built_in(registry: Any, name: str) -> bool:
     """Registered by the project itself (not by a plugin)."""
-    from bench.registry import _OWN_PACKAGES
-
-    module = getattr(registry.get(name), "__module__", None) or ""
-    return module.split(".")[0] in _OWN_PACKAGES
+    registry.get(name)  # an unknown name: a ConfigError naming it
+    return registry.is_builtin(name)
 
 
 def parse_coverage(text: str) -> tuple[str, ...] | None:
     """``--coverage``: ``"all"`` -> ``()`` (no restriction), ``"none"`` -> None, else the
     component names (strategies and/or architectures); unknown names are a ConfigError."""
-    from strategies.sharing import SHARING
-    from strategies.weighting import WEIGHTING
 
     text = text.strip()
     if text == "all":
@@ -105,8 +104,6 @@ def parse_coverage(text: str) -> tuple[str, ...] | None:
 def coverage_components(only: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """The coverage's strategies and architectures: every built-in one in the registries
     (sorted); with ``only``, those it names, an axis it names nothing of staying whole."""
-    from strategies.sharing import SHARING
-    from strategies.weighting import WEIGHTING
 
     axes = []
     for registry in (WEIGHTING, SHARING):

@@ -18,6 +18,7 @@ from scipy import stats
 from bench import speed
 from bench.config import Component, SweepSpec
 from bench.gate.plan import DEFAULTS, THREADS
+from strategies.weighting import WEIGHTING
 
 __all__ = ["SpeedVerdict", "compare_speed", "measure_ratios", "speed_cells", "speed_tasks"]
 
@@ -77,7 +78,6 @@ def speed_cells(spec: SweepSpec,
                 large_tasks: int = DEFAULTS["large_tasks"]) -> list[speed.SpeedCell]:
     """``ew`` plus one cell per other strategy of the sweep, at each of
     :func:`speed_tasks` (see the module docstring); the ``ew`` cells first."""
-    from strategies.weighting import WEIGHTING
 
     if not any(c.name == speed.REFERENCE for c in spec.weighting):
         ew = Component(speed.REFERENCE, WEIGHTING.resolve(speed.REFERENCE, {}))

@@ -11,10 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench import data
 from bench.config import Component, SweepSpec
 from bench.engine import ENGINES
 from bench.errors import ConfigError
+from bench.grid import task_names
 from bench.registry import suggest
+from strategies.sharing import SHARING
+from strategies.weighting import WEIGHTING
 
 __all__ = [
     "REFERENCE",
@@ -90,7 +94,6 @@ class SpeedCell:
 
 
 def _strategy_defaults(name: str) -> dict[str, Any]:
-    from strategies.weighting import WEIGHTING
 
     if name not in WEIGHTING:
         return {}
@@ -103,14 +106,12 @@ def scaled_hidden(hidden: Sequence[int], width: int) -> tuple[int, ...]:
 
 
 def _input_shape(spec: SweepSpec) -> tuple[int, ...]:
-    from bench import data
 
     ds = spec.datasets[0]
     return tuple(data.load(ds.name, **ds.params).input_shape)
 
 
 def default_tasks(spec: SweepSpec) -> int:
-    from bench.grid import task_names
 
     return len(task_names(spec.datasets[0]))
 
@@ -125,8 +126,6 @@ def build_cells(
     device: str | None = None,
 ) -> tuple[list[SpeedCell], list[str]]:
     """The cells of ``spec`` x the given axes, and one note per skipped (incompatible) cell."""
-    from strategies.sharing import SHARING
-    from strategies.weighting import WEIGHTING
 
     engines = list(engines) if engines is not None else list(ENGINES)
     for name in engines:
@@ -178,7 +177,6 @@ def build_cells(
 
 def with_all_strategies(spec: SweepSpec) -> SweepSpec:
     """``spec`` with every registered strategy (default hyperparameters) as its weighting axis."""
-    from strategies.weighting import WEIGHTING
 
     axis = tuple(Component(n, WEIGHTING.resolve(n, {})) for n in WEIGHTING.names())
     return dataclasses.replace(spec, weighting=axis)
