@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.data.registry import DATASETS
+from bench.data.types import MTLDataset, MultiInputDataset
 from bench.errors import ConfigError
 
 __all__ = ["check_dataset"]
@@ -18,7 +20,6 @@ def check_dataset(name: str, dataset: Any) -> None:
     """Raise ``ConfigError`` unless ``dataset`` is an ``MTLDataset`` (or a
     ``MultiInputDataset``, which checks itself) whose every split holds exactly one label
     tensor per declared task, one label per input row."""
-    from bench.data import DATASETS, MTLDataset, MultiInputDataset
 
     where = DATASETS.describe(name)
     if isinstance(dataset, MultiInputDataset):

@@ -31,15 +31,14 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from bench.data.registry import DATASETS
+from bench.data.types import MTLDataset, Split
 from bench.errors import ConfigError
-
-if TYPE_CHECKING:
-    from bench.data import MTLDataset
 
 __all__ = [
     "COMMON_FILE",
@@ -139,8 +138,6 @@ def source_of(dataset: str) -> DataSource:
     A dataset without one (generated data, or data shipped by a required dependency) and
     an unknown name have no source (an empty :class:`DataSource`).
     """
-    from bench.data import DATASETS
-
     if dataset not in DATASETS:
         return _NO_SOURCE
     source = getattr(inspect.getmodule(DATASETS.get(dataset)), "SOURCE", None)
@@ -148,9 +145,7 @@ def source_of(dataset: str) -> DataSource:
 
 
 def _declared() -> dict[str, DataSource]:
-    from bench.data import names
-
-    return {name: source_of(name) for name in names()}
+    return {name: source_of(name) for name in DATASETS.names()}
 
 
 def declared_requirements() -> list[str]:
@@ -210,9 +205,7 @@ def install_command(dataset: str) -> str | None:
 
 def availability() -> dict[str, str | None]:
     """For every registered dataset: None if it can load, else the command that installs it."""
-    from bench.data import names
-
-    return {name: install_command(name) for name in names()}
+    return {name: install_command(name) for name in DATASETS.names()}
 
 
 def _distribution(package: str) -> importlib.metadata.Distribution:
@@ -450,7 +443,6 @@ def assemble_images(arrays: Mapping[str, torch.Tensor], tasks: Sequence) -> dict
 
 def make_dataset(name: str, tasks: Sequence, splits: Mapping[str, tuple]) -> MTLDataset:
     """An :class:`~bench.data.MTLDataset` from ``{split: (x, {task: y})}``."""
-    from bench.data import MTLDataset, Split
 
     return MTLDataset(
         name=name,
