@@ -394,6 +394,7 @@ class RunStore:
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"{self.root}: exists and is not a directory")
         existing = self.manifest()
+        sweep = json.loads(json.dumps(sweep))  # as the manifest holds it: tuples are lists
         if existing is not None and existing.get("sweep") != sweep:
             before = existing.get("sweep") or {}
             changed = sorted(k for k in {*before, *sweep} if before.get(k) != sweep.get(k))
