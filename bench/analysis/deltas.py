@@ -4,6 +4,7 @@ convergence and per-trial cost (see :mod:`bench.analysis` for the conventions)."
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -82,10 +83,10 @@ def trial_summary(
     summary["delta_m_metric"] = -changes.groupby(keys)["rel_improvement"].mean() * 100
     expected = tidy[tidy["baseline_id"].notna()].groupby("trial_id")["task"].nunique()
     have = changes.groupby("trial_id")["task"].nunique()
-    incomplete = summary.index.get_level_values("trial_id").map(
-        lambda t: have.get(t, 0) < expected.get(t, 0)
-    )
-    summary.loc[np.asarray(incomplete), ["delta_m_task", "delta_m_metric"]] = np.nan
+    ids = summary.index.get_level_values("trial_id")
+    incomplete = (have.reindex(ids).fillna(0).to_numpy()
+                  < expected.reindex(ids).fillna(0).to_numpy())
+    summary.loc[incomplete, ["delta_m_task", "delta_m_metric"]] = np.nan
     return summary.reset_index()
 
 
@@ -123,13 +124,42 @@ def t_interval(
     """``(mean, low, high)``: the mean of ``values`` (one per seed, NaN dropped) and its
     Student-t interval, ``mean ± t_{n-1} s / sqrt(n)``. Fewer than 2 values give NaN
     bounds; values without spread give a degenerate interval."""
-    x = _finite_values(values)
+    return _t_interval(_finite_values(values), level)
+
+
+@lru_cache(maxsize=256)
+def _t_quantile(level: float, dof: int) -> float:
+    return float(stats.t.ppf(0.5 + level / 2.0, dof))
+
+
+def _t_interval(x: np.ndarray, level: float) -> tuple[float, float, float]:
+    """:func:`t_interval` of finite float values ``x``."""
     if x.size < 2:
         return (float(x.mean()) if x.size else np.nan, np.nan, np.nan)
     mean = float(x.mean())
     sem = float(x.std(ddof=1)) / np.sqrt(x.size)
-    half = float(stats.t.ppf(0.5 + level / 2.0, x.size - 1)) * sem
+    half = _t_quantile(level, x.size - 1) * sem
     return (mean, mean - half, mean + half)
+
+
+def _groups(frame: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, np.ndarray]]:
+    """``frame.groupby(keys, sort=True)``'s keys with each group's row positions (in frame
+    order), without building a frame per group."""
+    if frame.empty:
+        return []
+    grouped = frame.groupby(keys, sort=True)
+    codes = grouped.ngroup().to_numpy()
+    valid = np.flatnonzero(codes >= 0)  # NaN keys: dropped, as groupby does
+    order = valid[np.argsort(codes[valid], kind="stable")]
+    bounds = np.searchsorted(codes[order], np.arange(grouped.ngroups + 1))
+    names = list(grouped.size().index)
+    return [(name if isinstance(name, tuple) else (name,), order[bounds[i]:bounds[i + 1]])
+            for i, name in enumerate(names)]
+
+
+def _finite(column: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    x = column[rows]
+    return x[~np.isnan(x)]
 
 
 def transfer_verdict(n_seeds: int, high: float) -> str:
@@ -167,12 +197,13 @@ def task_change_intervals(summary: pd.DataFrame, *, level: float = CI_LEVEL) -> 
                "negative_transfer", "verdict"]
     rows = []
     tasks = _tasks_of(summary)
-    for key, group in summary.groupby(GROUP, sort=True):
+    values_of = {t: summary[f"rel_{t}"].to_numpy(dtype=float) for t in tasks}
+    for key, positions in _groups(summary, GROUP):
         for task in tasks:
-            values = group[f"rel_{task}"].dropna()
-            if values.empty:
+            values = _finite(values_of[task], positions)
+            if values.size == 0:
                 continue
-            mean, low, high = t_interval(values, level=level)
+            mean, low, high = _t_interval(values, level)
             verdict = transfer_verdict(int(values.size), high)
             rows.append({
                 **dict(zip(GROUP, key, strict=True)),
@@ -191,14 +222,15 @@ def delta_m_intervals(summary: pd.DataFrame, *, level: float = CI_LEVEL) -> pd.D
     for name in ("delta_m_task", "delta_m_metric"):
         columns += [name, f"{name}_low", f"{name}_high"]
     rows = []
-    for key, group in summary.groupby(GROUP, sort=True):
+    names = ("delta_m_task", "delta_m_metric")
+    values_of = {n: summary[n].to_numpy(dtype=float) for n in names}
+    for key, positions in _groups(summary, GROUP):
         row = {**dict(zip(GROUP, key, strict=True)),
                "strategy": strategy_label(key[1], key[2]),
-               "n_seeds": int(group["delta_m_task"].notna().sum())}
-        for name in ("delta_m_task", "delta_m_metric"):
-            row[name], row[f"{name}_low"], row[f"{name}_high"] = t_interval(
-                group[name], level=level
-            )
+               "n_seeds": int((~np.isnan(values_of["delta_m_task"][positions])).sum())}
+        for name in names:
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = _t_interval(
+                _finite(values_of[name], positions), level)
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 

@@ -72,6 +72,11 @@ def negative(intervals: pd.DataFrame, dataset: str, strategy: str) -> str:
     """Tasks with negative transfer under ``strategy`` on ``dataset``, or why none can be
     named ("no verdict: n seeds")."""
     mine = intervals[(intervals["dataset"] == dataset) & (intervals["strategy"] == strategy)]
+    return _negative(mine)
+
+
+def _negative(mine: pd.DataFrame) -> str:
+    """:func:`negative` of one (dataset, strategy)'s rows of the intervals."""
     if mine.empty:
         return "—"
     neg = mine[mine["negative_transfer"]]
@@ -96,6 +101,14 @@ def dataset_picks(cells: pd.DataFrame, tidy: pd.DataFrame,
     """One :class:`DatasetPick` per dataset with at least one finite Δm task."""
     use = usable(cells)
     steps = step_times(tidy)
+    # Each (dataset, strategy)'s intervals from one groupby, not a filter per table row.
+    by_pair = dict(list(intervals.groupby(["dataset", "strategy"], sort=False))) if (
+        not intervals.empty) else {}
+    none = intervals.iloc[:0]
+
+    def negative_of(ds: str, s: str) -> str:
+        return _negative(by_pair.get((ds, s), none))
+
     picks = []
     for dataset, group in use.groupby("dataset", sort=True):
         ds = str(dataset)
@@ -129,12 +142,11 @@ def dataset_picks(cells: pd.DataFrame, tidy: pd.DataFrame,
                 for s, t in zip(group["strategy"], tied_mask, strict=True)],
             "step (ms)": [f"{1e3 * step[s]:.3g}" if s in step and np.isfinite(step[s])
                           else "—" for s in group["strategy"]],
-            "negative transfer (tasks)": [negative(intervals, ds, s)
-                                          for s in group["strategy"]],
+            "negative transfer (tasks)": [negative_of(ds, s) for s in group["strategy"]],
         })
         picks.append(DatasetPick(
             ds, str(best["strategy"]), tied, str(cheapest), tie_note,
-            {s: negative(intervals, ds, s) for s in {best["strategy"], cheapest}}, table))
+            {s: negative_of(ds, s) for s in {best["strategy"], cheapest}}, table))
     return picks
 
 

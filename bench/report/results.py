@@ -77,6 +77,14 @@ def _labels(tidy: pd.DataFrame) -> pd.DataFrame:
     return lab
 
 
+def _by_id(labels: pd.DataFrame) -> dict[Any, dict[str, Any]]:
+    """``labels.to_dict("index")`` (Python scalars), built from whole columns."""
+    names = list(labels.columns)
+    columns = [labels[c].tolist() for c in names]
+    return {tid: dict(zip(names, values, strict=True))
+            for tid, values in zip(labels.index, zip(*columns, strict=True), strict=True)}
+
+
 def _num(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
@@ -85,7 +93,7 @@ def curve_frame(records: list[TrialRecord], labels: pd.DataFrame) -> pd.DataFram
     """One row per finished trial x task x epoch: its validation loss, the trial's selected
     epoch and whether that is its last one. Baselines carry the strategy ``BASELINE``."""
     rows = []
-    by_id = labels.to_dict("index")
+    by_id = _by_id(labels)
     for rec in records:
         lab = by_id.get(rec.id)
         if lab is None or not rec.ok or not rec.history:
@@ -193,7 +201,7 @@ class RunResults:
                 yield rec, lab
 
     def _compute(self) -> None:
-        self._by_id = self.labels.to_dict("index")
+        self._by_id = _by_id(self.labels)
         self.picks = recommend.dataset_picks(self.cells, self.tidy, self.intervals)
         use = self.cells[~self.cells["weighting"].map(analysis.is_scalarization)]
         self.rankings = (analysis.rankings(use, "delta_m_task")

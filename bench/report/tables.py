@@ -61,12 +61,15 @@ def trial_columns(trials: pd.DataFrame, row: dict, r: dict) -> None:
     row["step (ms)"] = pm(trials["step_s"] * 1000, 2) + (NOISY if spread > SPREAD_FLAG else "")
     row["trial (s)"] = pm(trials["trial_s"], 1)
     row["seeds"] = trials["seed"].nunique()
-    conv = analysis.convergence(trials)
-    last = int(conv["last_epoch_best"].sum())
-    row[LAST_EPOCH] = f"{last}/{len(conv)}"
+    if "last_epoch_best" in trials:  # one row per finished trial, flag computed already
+        flags = trials["last_epoch_best"]
+    else:
+        flags = analysis.convergence(trials)["last_epoch_best"]
+    last, n = int(flags.sum()), len(flags)
+    row[LAST_EPOCH] = f"{last}/{n}"
     r.update(step_s_median=trials["step_s"].median(), step_spread=spread,
              trial_s_mean=trials["trial_s"].mean(), wall_s_mean=trials["wall_s"].mean(),
-             seeds=row["seeds"], last_epoch_best=last, trials=len(conv))
+             seeds=row["seeds"], last_epoch_best=last, trials=n)
 
 
 _NO_SEEDS = pd.Series(dtype=float)
@@ -87,15 +90,23 @@ def dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFrame
     tasks = list(dict.fromkeys(test["task"].dropna()))
     primary = {t: _primary_metric(test, t) for t in tasks}
     rows, raw = [], []
-    mtl = test[test["baseline_id"].notna()]
     # Each row's per-seed values from one groupby, its Δm from one dict: filtering the
     # frame per row and task was most of a 10,000-trial report's time.
     prim = test[test["metric"] == test["task"].map(primary)]
     mtl_seeds = _per_seed(prim[prim["baseline_id"].notna()], ["sharing", "weighting", "task"])
     base_seeds = _per_seed(prim[prim["baseline_task"].notna()], ["weighting", "task"])
-    cell_of = cells.drop_duplicates(["sharing", "weighting"]).set_index(
-        ["sharing", "weighting"]).to_dict("index")
-    for (sharing, weighting), group in mtl.groupby(["sharing", "weighting"], sort=True):
+    first = cells.drop_duplicates(["sharing", "weighting"])
+    cell_of = {k: dict(zip(first.columns, v, strict=True)) for k, v in zip(
+        zip(first["sharing"], first["weighting"], strict=True),
+        zip(*(first[c].tolist() for c in first.columns), strict=True), strict=True)}
+    # One row per trial (first appearance, as each group's drop_duplicates gave), with its
+    # convergence flag, grouped once: no frame filtering per table row.
+    per_trial = test.drop_duplicates("trial_id")
+    per_trial = per_trial.assign(last_epoch_best=analysis.convergence(per_trial)[
+        "last_epoch_best"].to_numpy())
+    mtl_trials = dict(list(per_trial[per_trial["baseline_id"].notna()].groupby(
+        ["sharing", "weighting"], sort=True)))
+    for (sharing, weighting), group in mtl_trials.items():
         row = {"sharing": sharing, "weighting": weighting}
         r = {"sharing": sharing, "weighting": weighting}
         for t in tasks:
@@ -110,11 +121,12 @@ def dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFrame
                 math.nan, math.nan, math.nan)
             row[head] = ci(*vals)
             r[name], r[f"{name}_low"], r[f"{name}_high"] = vals
-        trial_columns(group.drop_duplicates("trial_id"), row, r)
+        trial_columns(group, row, r)
         rows.append(row)
         raw.append(r)
     # One baseline row per training recipe (a train_grid gives each value its baselines).
-    recipes = list(test[test["baseline_task"].notna()].groupby("weighting", sort=True))
+    recipes = list(per_trial[per_trial["baseline_task"].notna()].groupby("weighting",
+                                                                         sort=True))
     for label, base in recipes:
         row = {"sharing": "stl (baselines)", "weighting": label if len(recipes) > 1 else "—"}
         r = {"sharing": "stl", "weighting": label}
@@ -125,7 +137,7 @@ def dataset_table(tidy: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFrame
             r[f"{t}_{primary[t]}_std"] = per_seed.std(ddof=1)
         row["Δm task ↑ (%)"] = row["Δm metric ↓ (%)"] = "0 (ref.)"
         r.update(delta_m_task=0.0, delta_m_metric=0.0)
-        trial_columns(base.drop_duplicates("trial_id"), row, r)
+        trial_columns(base, row, r)
         rows.append(row)
         raw.append(r)
     return pd.DataFrame(rows), pd.DataFrame(raw)

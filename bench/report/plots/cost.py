@@ -15,6 +15,7 @@ from bench.report.plots.base import (
     _grid,
     _legend,
     _legend_w,
+    _long_axis,
     _palette,
     _short,
     _t,
@@ -47,18 +48,20 @@ def cost_quality(cq: pd.DataFrame, colors: dict[str, Any] | None = None) -> Figu
             sub = data[data["dataset"] == dataset]
             for j, (col, scale, xlabel) in enumerate(xs):
                 ax = axes[d * len(xs) + j]
-                for _, row in sub.iterrows():
-                    if not np.isfinite(row[col]):
-                        continue
-                    nd = bool(row["non_dominated"])
-                    ax.scatter([row[col] * scale], [row["delta_m_task"]],
-                               color=colors[row["strategy"]] if nd else "white",
-                               edgecolors=colors[row["strategy"]], s=45 if nd else 30,
-                               linewidths=1.2, label=_short(row["strategy"]), zorder=3)
-                    if nd:
-                        ax.annotate(_short(row["strategy"], 18),
-                                    (row[col] * scale, row["delta_m_task"]), fontsize=6,
-                                    xytext=(3, 3), textcoords="offset points")
+                # One collection per panel (a scatter per point made most of the figure's
+                # cost at 100 strategies); points in row order, as drawn one by one before.
+                pts = sub[np.isfinite(sub[col].to_numpy(float))]
+                if not pts.empty:
+                    nd = pts["non_dominated"].astype(bool).to_numpy()
+                    edge = [colors[s] for s in pts["strategy"]]
+                    x, y = pts[col].to_numpy(float) * scale, pts["delta_m_task"].to_numpy(float)
+                    ax.scatter(x, y, facecolors=[e if n else "white" for e, n in
+                                                 zip(edge, nd, strict=True)],
+                               edgecolors=edge, s=np.where(nd, 45, 30), linewidths=1.2,
+                               zorder=3)
+                    for s, xi, yi in zip(pts["strategy"][nd], x[nd], y[nd], strict=True):
+                        ax.annotate(_short(s, 18), (xi, yi), fontsize=6, xytext=(3, 3),
+                                    textcoords="offset points")
                 ax.axhline(0, color="black", linewidth=0.6)
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel("Δm task (%) ↑")
@@ -89,6 +92,7 @@ def throughput(trials: pd.DataFrame) -> Figure | None:
                     errorbar=None, orient="h")
         ax.set_xlabel("training samples / s (median over seeds) ↑")
         ax.set_ylabel("")
+        _long_axis(ax)
         ax.legend(fontsize=7, title=None)
     return fig
 

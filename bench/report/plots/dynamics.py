@@ -255,11 +255,16 @@ def learning_curves(curves: pd.DataFrame, title: str,
     with theme():
         lw = _legend_w([*strategies, LAST_EPOCH])
         fig, axes = _grid(len(tasks), 3, 2.8, 2.0, legend=lw, top=0.7, hspace=0.8)
+        shown = curves[curves["strategy"].isin(strategies)]
+        by_task = dict(list(shown.groupby("task", sort=False)))
         for ax, task in zip(axes, tasks, strict=True):
             sub = curves[curves["task"] == task]
+            # One groupby per panel, not a filter of the frame per strategy.
+            parts = dict(list(by_task[task].groupby("strategy", sort=False))) if (
+                task in by_task) else {}
             for strategy in strategies:
-                s = sub[sub["strategy"] == strategy]
-                if s.empty:
+                s = parts.get(strategy)
+                if s is None or s.empty:
                     continue
                 stats = s.groupby("epoch")["val_loss"].agg(["mean", "min", "max"])
                 style = "--" if strategy == BASELINE else "-"
