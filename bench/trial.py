@@ -12,7 +12,7 @@ import os
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -32,11 +32,9 @@ from bench.sampling import (
 )
 from bench.spec import Component, TrialSpec
 from bench.tasks import Task
+from bench.tensorboard import TrialLogger  # the tensorboard package only where it logs
 from bench.timing import trial_timing
 from strategies.sharing.base import SharingArchitecture
-
-if TYPE_CHECKING:
-    from bench.tensorboard import TrialLogger
 
 __all__ = [
     "Diverged",
@@ -167,8 +165,6 @@ def run_trial(spec: TrialSpec, deadline: float | None = None) -> dict[str, Any]:
     ``time.perf_counter()`` passes ``deadline``."""
     log = None
     if spec.tensorboard is not None:
-        from bench.tensorboard import TrialLogger  # tensorboard only where it logs
-
         log = TrialLogger(spec.tensorboard, spec)
     try:
         return _train(spec, deadline, log)

@@ -30,6 +30,7 @@ from bench.report.document import (
     to_latex,
 )
 from bench.report.results import RunResults, load_speed
+from bench.report.sections import SECTIONS
 
 __all__ = ["csv_safe", "latex_escape", "load_speed", "md_block", "md_text", "slug",
            "to_latex", "write_report"]
@@ -38,8 +39,6 @@ __all__ = ["csv_safe", "latex_escape", "load_speed", "md_block", "md_text", "slu
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.md``, ``report.html``, ``tables/`` and ``plots/`` into ``run_dir``;
     return the path of ``report.md``."""
-    from bench.report.sections import SECTIONS
-
     results = RunResults.build(run_dir)
     doc = Document(results.run_dir)
     for section in SECTIONS:

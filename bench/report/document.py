@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.report import plots
+
 __all__ = ["Block", "Document", "Section", "csv_safe", "html", "latex_escape", "markdown",
            "md_block", "md_text", "slug", "to_latex"]
 
@@ -83,8 +85,6 @@ class Document:
     def figure(self, sec: Section, name: str, fig: Any, caption: str) -> None:
         if fig is None:
             return
-        from bench.report import plots
-
         name = self.unique("figure", name)
         png = plots.save(fig, self.plots_dir, name)
         sec.blocks.append(Block("figure", name=name, caption=caption,

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench import analysis, store
+from bench.data import DATASETS
 from bench.errors import ConfigError, error_summary
 from bench.grid import schema1_labels
 from bench.records import TrialRecord
@@ -278,8 +279,6 @@ class RunResults:
                   if rec.ok and rec.architecture_stats.get("trajectory") and lab is not None]
         if not traced:
             return None
-        from bench.data import DATASETS
-
         rows, finals, found = [], [], None
         for rec, lab in traced:
             name = rec.spec.dataset.name
