@@ -52,10 +52,10 @@ perf: install
 
 # Regression gate: a fixed sweep's metrics and speed ratios to ew vs the committed baseline.
 check: install
-	$(PY) -m bench check --baseline results/baselines/check
+	$(PY) -m bench check --reference results/baselines/check
 
 check-update: install
-	$(PY) -m bench check --update --baseline results/baselines/check
+	$(PY) -m bench check --update --reference results/baselines/check
 
 speed: install
 	$(PY) -m bench speed --preset speed --tasks 2,4,8,16,32,64 --out results/speed

@@ -334,7 +334,11 @@ def check_run_dir(out: str | Path) -> None:
     if long is not None:
         raise ConfigError(f"--out {path}: the name '{long[:40]}...' is longer than the file "
                           f"system allows ({name_max} bytes)")
-    if existing == path and any(path.iterdir()) and not (path / "manifest.json").exists():
+    # A folder holding only a manifest being written is a concurrent sweep creating it.
+    being_created = (path / "manifest.json").exists() or all(
+        p.name.startswith(".manifest.json.") and p.name.endswith(".tmp")
+        for p in path.iterdir()) if existing == path else True
+    if existing == path and not being_created:
         raise ConfigError(f"--out {path}: an existing folder that is not a run directory (no "
                           "manifest.json); choose a new or empty folder")
     for folder in (existing, path / "trials"):

@@ -29,7 +29,10 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
+
+import tomllib
 
 from bench import data
 from bench.assembly import IncompatibleSpec
@@ -166,11 +169,6 @@ def preset_rows() -> list[list[str]]:
     """Per packaged preset: name, description, trial count (multi-task + baselines) and the
     run time measured when the preset was last changed (its ``measured_run_s`` and
     ``measured_on`` keys)."""
-    from importlib import resources
-
-    import tomllib
-
-
     rows = []
     for name in preset_names():
         raw = tomllib.loads((resources.files("bench") / "presets" / f"{name}.toml")
