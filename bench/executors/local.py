@@ -274,6 +274,8 @@ def run_process_pool(
             for w in {**{id(by_handle[h]): by_handle[h] for h in ready}, **stuck}.values():
                 dead = _handle(w, done)
                 if dead:
+                    # Its pipe can close before the kernel reaps it: wait for the exit code.
+                    w.process.join(STOP_GRACE_S)
                     if w.task is not None:
                         killed_for = (
                             f"time limit of {options.time_limit_s:g} s reached without a step "
