@@ -17,7 +17,7 @@ from types import ModuleType
 
 from tabulate import tabulate
 
-from bench import __version__, check, compare, speed, tensorboard
+from bench import __version__, compare, gate, speed, tensorboard
 from bench.config import check_run_dir, load_spec, preset_names
 from bench.data import DATASETS
 from bench.data.common import availability
@@ -56,7 +56,7 @@ LISTED_FAILURES = 20  # failed trials named at the end of `run`; the report list
 PLUGGED_COMMANDS: dict[str, ModuleType] = {
     "compare": compare,
     "speed": speed,
-    "check": check,
+    "check": gate,
     "tensorboard": tensorboard,
 }
 

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import faults
-from bench.check import standalone
+from bench.gate import standalone
 
 
 def main(argv: list[str] | None = None) -> int:

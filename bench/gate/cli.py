@@ -318,7 +318,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def standalone(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench.check``: the same command without the ``mtlbench`` front end."""
+    """``python -m bench.gate``: the same command without the ``mtlbench`` front end."""
 
     class _Parser(argparse.ArgumentParser):
         def error(self, message: str) -> None:  # type: ignore[override]

@@ -146,7 +146,7 @@ def coverage_specs(preset: str, overrides: Sequence[str],
         else:
             raise ConfigError(f"check coverage: architecture '{name}' builds in none of the "
                               f"coverage settings ({'; '.join(errors)}); add a setting to "
-                              "bench.check.COVERAGE_SETTINGS that it accepts")
+                              "bench.gate.plan.COVERAGE_SETTINGS that it accepts")
     return [(setting, _coverage_spec(preset, overrides, setting, placed[setting], weighting))
             for setting, _ in COVERAGE_SETTINGS if setting in placed]
 

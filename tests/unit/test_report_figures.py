@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from test_report import _probes, _record, _spec, baseline_of
 
 from bench.report import write_report
 from bench.store import RunStore
+from unit.test_report import _probes, _record, _spec, baseline_of
 
 WEIGHTINGS = ["ew", "uw", "dwa", "rlw", "famo", "gradnorm", "mgda", "pcgrad", "cagrad",
               "nash_mtl", "imtl_g", "upgrad"]

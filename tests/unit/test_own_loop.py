@@ -19,7 +19,7 @@ from bench.tasks import Task
 from strategies import sharing
 from strategies.weighting import get
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _TwoTasks(nn.Module):

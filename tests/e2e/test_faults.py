@@ -23,7 +23,7 @@ from bench.store import RunStore
 from bench.trial import execute
 from strategies.weighting import WEIGHTING, LossWeighting
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 # Plugin strategies that kill the worker running them at their 3rd step.

@@ -36,6 +36,7 @@ from torchjd.aggregation import (
     PCGrad,
     SDMGradWeighting,
 )
+
 from unit.weighting._inputs import DEVICES, F64, cosine, make, random_jacobian
 
 CLOSED_FORM, ITERATIVE = 0.9999, 0.999

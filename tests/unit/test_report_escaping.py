@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from markdown_it import MarkdownIt
-from test_report import baseline_of
 
 from bench.records import TrialRecord
 from bench.report import csv_safe, md_block, md_text, write_report
 from bench.spec import Component, TrainSettings, TrialModel, TrialSpec
 from bench.store import RunStore
+from unit.test_report import baseline_of
 
 EVIL_DATASET = "ds<script>alert(1)</script>\n# Fake heading"
 EVIL_WEIGHTING = "w<img src=x onerror=alert(2)>![t](http://evil.example/t.png)"

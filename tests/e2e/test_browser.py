@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_report import EVIL_DATASET, synthetic_run
+from unit.test_report import EVIL_DATASET, synthetic_run
 
 from bench.report import write_report
 

@@ -25,7 +25,7 @@ import pytest
 from bench import grid, store
 from bench.records import SCHEMA_VERSION
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "data" / "run_schema1"
 COLUMNS = ["trial_id", "dataset", "sharing", "weighting", "seed", "baseline_task",
            "baseline_id", "status", "task", "split", "metric", "value"]

@@ -12,7 +12,7 @@ import pytest
 
 from bench.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 BASE = """
 name = "bad"

@@ -121,7 +121,7 @@ CNN = BackboneSpec(hidden=(8,), tower=(4,), kind="cnn", channels=(3, 4))
 
 def _arch_cases():
     for name in sharing.names():
-        if name == "landscape":  # objective tasks, no data (tests/test_capacity_and_toy.py)
+        if name == "landscape":  # objective tasks, no data (tests/unit/test_capacity_and_toy.py)
             continue
         yield name, ((1, 6, 8), CNN) if name == "mtan" else ((5,), MLP)
 

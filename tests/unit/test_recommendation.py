@@ -4,10 +4,10 @@ are known: the best strategy, its ties, the cheapest tie and negative transfer."
 from __future__ import annotations
 
 import pandas as pd
-from test_report import synthetic_run
 
 from bench.report import write_report
 from bench.report.recommend import BEST_MARK
+from unit.test_report import synthetic_run
 
 DATASETS = {"dA": {"a": "binary", "b": "binary"}, "dB": {"a": "binary", "b": "binary"}}
 # pcgrad is best (Δm 4) but hurts task b; upgrad is within noise of it and cheaper

@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A plugin strategy that hangs inside its 2nd step, where the trial's own time-limit
 # check (at step boundaries) never runs again.

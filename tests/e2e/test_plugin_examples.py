@@ -20,7 +20,7 @@ from bench.data._checks import check_dataset
 from bench.errors import ConfigError
 from bench.tasks import Task
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SECTION = "### Bring your own problem: a dataset and an architecture"
 

@@ -25,7 +25,7 @@ from bench.data import common as C
 from bench.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REQUIRE = os.environ.get("MTLBENCH_REQUIRE_DATA") == "1"
 
 

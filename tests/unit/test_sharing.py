@@ -36,7 +36,7 @@ MLP = BackboneSpec(hidden=(8, 8), tower=(4,))
 CNN = BackboneSpec(hidden=(8,), tower=(4,), kind="cnn", channels=(3, 4))
 CNN_ONLY = {"mtan"}
 GATED = {"mmoe", "omoe", "cgc", "ple", "dselect_k"}
-# `landscape` moves a point on objective tasks (toy2), not data: tests/test_capacity_and_toy.py.
+# `landscape` moves a point on objective tasks (toy2), not data: tests/unit/test_capacity_and_toy.py.
 ARCHS = [n for n in sharing.names() if n != "landscape"]
 
 

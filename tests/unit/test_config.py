@@ -137,7 +137,7 @@ def test_readme_sweep_example_is_valid(tmp_path):
     """The sweep file shown in the README validates (and keeps every documented key)."""
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = re.search(r"```toml\n(name = \"my_sweep\".*?)```", readme, re.S)
     assert block is not None
     path = tmp_path / "readme.toml"

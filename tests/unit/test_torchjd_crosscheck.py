@@ -33,11 +33,11 @@ import warnings
 
 import pytest
 import torch
-from unit.weighting._inputs import cosine
-from unit.weighting._inputs import direction as ours
 
 from strategies.weighting import get
 from strategies.weighting._solvers import min_norm_weights
+from unit.weighting._inputs import cosine
+from unit.weighting._inputs import direction as ours
 
 aggregation = pytest.importorskip("torchjd.aggregation")
 

@@ -16,7 +16,7 @@ from bench.cli import main
 from bench.config import load_spec
 from bench.grid import expand
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

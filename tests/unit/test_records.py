@@ -16,7 +16,7 @@ from bench.records import SCHEMA_VERSION, TrialRecord, TrialTiming, upgrade_tria
 from bench.spec import Component, Labels, TrainSettings, TrialModel, TrialSpec
 from bench.store import RunStore
 
-FIXTURE = Path(__file__).resolve().parent / "data" / "run_schema1"
+FIXTURE = Path(__file__).resolve().parents[1] / "data" / "run_schema1"
 
 
 def _raws() -> list[dict]:

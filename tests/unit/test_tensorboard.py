@@ -25,8 +25,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from bench import analysis, store, tensorboard
 from bench.cli import main
 from bench.config import load_spec
-from bench.curves import curve_frame
 from bench.grid import expand
+from bench.report.results import curve_frame
 from bench.trial import execute
 
 # penguins: 200 training samples, batch 64 -> 4 steps per epoch; 3 epochs = 12 steps.
