@@ -18,8 +18,8 @@ The estimate (documented in the README):
 
 Left out: data loading, evaluation each epoch, probes, process start-up and machine load,
 so a real run takes longer (the README gives the measured ratio for the default preset).
-Only the MLP backbone can be timed this way; with another backbone the count is printed
-without an estimate.
+Only the MLP backbone on labelled data can be timed this way; with another backbone, or
+objective tasks (toy landscapes), the count is printed without an estimate.
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def _time_step(spec: TrialSpec, shape: tuple[int, ...], tasks: int) -> float:
 
 def estimate(specs: Sequence[TrialSpec], workers: int) -> float | None:
     """Estimated wall seconds of ``specs`` on ``workers`` concurrent trials (see the module
-    docstring); None when a trial's backbone cannot be timed."""
-
+    docstring); None when a trial cannot be timed on synthetic batches: a backbone other
+    than the MLP, or objective tasks (toy landscapes, whose step is a point's move)."""
     if any(s.model.backbone != "mlp" for s in specs):
         return None
     cost: dict[str, float] = {}
@@ -116,6 +116,8 @@ def estimate(specs: Sequence[TrialSpec], workers: int) -> float | None:
     for spec in specs:
         ds: Any = data.load(spec.dataset.name, **spec.dataset.params)
         if not hasattr(ds, "input_shape") or getattr(ds, "tasks", None) is None:
+            return None
+        if any(t.kind == "objective" for t in ds.tasks):
             return None
         shape = tuple(ds.input_shape)
         tasks = len(spec.tasks) if spec.tasks else len(ds.tasks)
@@ -150,7 +152,8 @@ def summary(spec: SweepSpec, specs: Sequence[TrialSpec], workers: int,
         seconds = estimate(specs, workers)
         took = time.perf_counter() - start
         if seconds is None:
-            lines.append("  time estimate: none (only the MLP backbone can be timed)")
+            lines.append("  time estimate: none (only MLP backbones on labelled data can be "
+                         "timed on synthetic batches)")
         else:
             lines.append(
                 f"  time estimate: {seconds / 60:.1f} min ({seconds:.0f} s) of training steps "

@@ -52,6 +52,14 @@ def test_dry_run_counts_estimates_and_writes_nothing(write_spec, tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no out/, no results/
 
 
+def test_dry_run_of_a_toy_landscape_counts_without_an_estimate(capsys):
+    # Objective tasks have no labelled batches to time a step on (it was a traceback).
+    assert cli_main(["run", "--preset", "toy", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "40 trials (40 multi-task, 0 single-task baselines)" in out
+    assert "time estimate: none" in out and "nothing written" in out
+
+
 def test_dry_run_estimate_is_steps_times_step_cost(write_spec, monkeypatch):
     spec = load_spec(write_spec(SPEC))
     trials = expand(spec)
