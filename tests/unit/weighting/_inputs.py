@@ -150,3 +150,17 @@ def engine_grads(name: str, engine: str, device: str = "cpu", seed: int = 0, **h
     require_engine(ctx.engine, strategy, model)
     apply_gradients([losses], ctx)
     return [p.grad.clone() for p in ctx.shared], strategy
+
+
+# Loss-based strategies: losses as leaves, and d(combined) / d(losses).
+positive = st.floats(1e-3, 1e3, allow_nan=False, allow_infinity=False)
+loss_lists = st.lists(positive, min_size=1, max_size=6)
+
+
+def tensor(values, device: str, grad: bool = False) -> torch.Tensor:
+    return torch.tensor(values, dtype=F64, device=device, requires_grad=grad)
+
+
+def grad_of(total: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(total, losses)
+    return grad

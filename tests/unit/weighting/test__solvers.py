@@ -18,7 +18,6 @@ from unit.weighting._inputs import (
 fast = settings(max_examples=30, deadline=None)
 
 
-
 @fast
 @given(
     mat=st.tuples(st.integers(1, 10), st.integers(1, 8)).flatmap(
@@ -39,7 +38,6 @@ def test_nonneg_qp_satisfies_kkt(mat, seed):
     assert np.allclose(dual[x > 0], 0.0, atol=1e-9 * scale)  # stationary on it
 
 
-
 def test_nonneg_qp_matches_scipy_nnls():
     from scipy.optimize import nnls
 
@@ -52,14 +50,12 @@ def test_nonneg_qp_matches_scipy_nnls():
         assert np.sum((mat @ x - target) ** 2) <= np.sum((mat @ reference - target) ** 2) + 1e-10
 
 
-
 def test_psd_pinv_drops_the_null_space():
     jac = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
     gram = jac @ jac.T
     pinv = psd_pinv(gram, 3 * np.finfo(float).eps)
     assert np.allclose(pinv, np.linalg.pinv(gram))
     assert np.array_equal(psd_pinv(np.zeros((2, 2)), 1e-15), np.zeros((2, 2)))
-
 
 
 def test_min_norm_weights_against_slsqp():
@@ -74,7 +70,6 @@ def test_min_norm_weights_against_slsqp():
                           options={"ftol": 1e-15},
                           constraints=[{"type": "eq", "fun": lambda a: a.sum() - 1}])
         assert alpha @ gram @ alpha <= result.fun + 1e-12 * gram.diagonal().max()
-
 
 
 def test_dual_cone_projection_kkt():

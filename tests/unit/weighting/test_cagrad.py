@@ -37,7 +37,6 @@ def cagrad_primal_reference(jac: np.ndarray, c: float) -> float:
     return -result.fun
 
 
-
 # Issue 14: float32, 0 in the convex hull of the rows (Pareto-stationary). At c = 2 the
 # answer is d = 0; solving on the float32 Gramian as it came (smallest eigenvalue
 # -8.8e-10 trace) gave d = (0.0306, -0.2479, -0.2839), J d = (-0.0118, 0.0045, 0.0045,
@@ -48,7 +47,6 @@ CAGRAD_STATIONARY_F32 = [
     [0.5180578, -0.7720912, 0.7143717],
     [0.3074577, 0.4764639, -0.3985753],
 ]
-
 
 
 def stationary_jacobians(count: int):
@@ -63,7 +61,6 @@ def stationary_jacobians(count: int):
         if w @ gram @ w < 1e-20 * np.trace(gram):
             count -= 1
             yield jac
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -84,7 +81,6 @@ def test_cagrad_maximises_the_worst_improvement_in_the_ball(device, c):
         assert worst >= cagrad_primal_reference(host, c) - 1e-7 * scale_of(jac)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("c", [1.0, 2.0, 5.0])
 def test_cagrad_stationary_float32_gives_zero(device, c):
@@ -93,7 +89,6 @@ def test_cagrad_stationary_float32_gives_zero(device, c):
         d = direction("cagrad", jac.to(dtype), c=c, rescale=0)
         assert d.norm().item() <= 1e-6 * jac.norm().item()
         assert (jac.to(dtype) @ d).min().item() >= -1e-6 * scale_of(jac)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -111,7 +106,6 @@ def test_cagrad_float32_agrees_with_float64_when_zero_is_in_the_hull(device):
         host = jac.double().numpy()
         worst = (jac.double().to(device) @ d64).min().item()
         assert worst >= cagrad_primal_reference(host, 0.9) - 1e-7 * scale_of(jac)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

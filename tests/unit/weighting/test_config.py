@@ -24,7 +24,6 @@ from unit.weighting._inputs import (
 fast = settings(max_examples=30, deadline=None)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_config_equal_cosines_and_summed_projection_length(device):
     for (num_tasks, dim), seed in itertools.product([(2, 3), (3, 7), (5, 20)], range(3)):
@@ -37,7 +36,6 @@ def test_config_equal_cosines_and_summed_projection_length(device):
         assert d.norm().item() == pytest.approx((jac @ unit).sum().item(), rel=1e-10)
 
 
-
 @fast
 @given(jac=jacobian_arrays(st.integers(2, 5), st.integers(5, 9)))
 def test_config_never_conflicts_with_independent_gradients(jac):
@@ -46,7 +44,6 @@ def test_config_never_conflicts_with_independent_gradients(jac):
     jacobian = torch.from_numpy(jac)
     d = direction("config", jacobian)
     assert ((jacobian @ d) >= -1e-9 * scale_of(jacobian)).all()
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -14,12 +14,8 @@ from unit.weighting._inputs import (
     DEVICES,
     F64,
     make,
+    tensor,
 )
-
-
-def tensor(values, device: str, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(values, dtype=F64, device=device, requires_grad=grad)
-
 
 
 def db_direction_by_hand(buffer):
@@ -27,7 +23,6 @@ def db_direction_by_hand(buffer):
     top = max(norms)
     alpha = [top / (n + 1e-8) for n in norms]
     return [sum(a * row[j] for a, row in zip(alpha, buffer, strict=True)) for j in range(3)], alpha
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -53,7 +48,6 @@ def test_db_mtl_direction_by_hand(device, beta_sigma):
     assert db.aggregate(tensor(j1, device)).tolist() == pytest.approx([0.3, 0.5, 0.4], rel=1e-6)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_db_mtl_rescales_every_average_to_the_largest_norm(device):
     gen = torch.Generator().manual_seed(0)
@@ -68,7 +62,6 @@ def test_db_mtl_rescales_every_average_to_the_largest_norm(device):
         assert torch.allclose(d, scaled.sum(0))
     with pytest.raises(ValueError, match="shape changed"):
         db.aggregate(torch.ones(4, 3, dtype=F64, device=device))
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -50,7 +50,6 @@ def test_dwa_weights_follow_the_paper(device):
     assert torch.equal(dwa.last_weights, ones)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_dwa_temperature_and_zero_losses(device):
     hot = make("dwa", 2, device, temperature=1e6)

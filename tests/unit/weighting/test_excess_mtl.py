@@ -36,7 +36,6 @@ def test_excess_mtl_updates_by_hand(device):
             np.testing.assert_allclose(np.exp(log_w), 1 / 3)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_excess_mtl_favours_the_task_further_from_convergence(device):
     # Task 0 keeps its gradient while task 1's shrinks (converging): weight moves to 0.
@@ -46,7 +45,6 @@ def test_excess_mtl_favours_the_task_further_from_convergence(device):
         excess.aggregate(base * torch.tensor([[1.0], [0.5**t]], dtype=F64, device=device))
     w = excess.last_weights
     assert w[0] > 0.6 and w.sum().item() == pytest.approx(1.0)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -22,7 +22,6 @@ def fair_residual(gram: torch.Tensor, w: torch.Tensor, alpha: float) -> float:
     return ((gram @ w - target).abs() / target).max().item()
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 5.0])
 def test_fairgrad_solves_the_alpha_fair_condition(device, alpha):
@@ -36,7 +35,6 @@ def test_fairgrad_solves_the_alpha_fair_condition(device, alpha):
         assert fair_residual(jac @ jac.T, w, alpha) < 1e-9
         # Each task's rate g_i . d is w_i^(-1/alpha): the fairness condition on the rates.
         assert torch.allclose(jac @ d, w ** (-1 / alpha), rtol=1e-8)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -70,7 +68,6 @@ def test_fairgrad_special_cases(device):
     assert (rates.max() / rates.min()).item() < 1.02
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_fairgrad_weights_scale_as_the_equation_says(device):
     jac = random_jacobian(3, 8, 4, device)
@@ -81,7 +78,6 @@ def test_fairgrad_weights_scale_as_the_equation_says(device):
         fairgrad.aggregate(factor * jac)
         expected = w * factor ** (-2 * alpha / (alpha + 1))
         assert torch.allclose(fairgrad.last_weights, expected, rtol=1e-8)
-
 
 
 def test_fairgrad_solver_edge_cases():

@@ -16,19 +16,10 @@ from strategies.weighting.famo import softmax_vjp
 from unit.weighting._inputs import (
     DEVICES,
     F64,
+    grad_of,
     make,
+    tensor,
 )
-
-
-def tensor(values, device: str, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(values, dtype=F64, device=device, requires_grad=grad)
-
-
-
-def grad_of(total: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(total, losses)
-    return grad
-
 
 
 def official_famo_logit_gradient(logits, prev, curr, min_losses):
@@ -37,7 +28,6 @@ def official_famo_logit_gradient(logits, prev, curr, min_losses):
     w = logits.detach().clone().requires_grad_(True)
     (d,) = torch.autograd.grad(torch.softmax(w, -1), w, grad_outputs=delta.detach())
     return d
-
 
 
 def adam_by_hand(grads, lr, weight_decay, num):
@@ -55,11 +45,9 @@ def adam_by_hand(grads, lr, weight_decay, num):
     return xi
 
 
-
 def softmax_list(xs):
     exps = [math.exp(x - max(xs)) for x in xs]
     return [e / sum(exps) for e in exps]
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -76,7 +64,6 @@ def test_famo_combine_matches_the_official_weighted_loss(device):
     assert grad_of(total, losses).tolist() == pytest.approx(expected, rel=1e-6)
     assert famo.last_weights.tolist() == pytest.approx(expected, rel=1e-6)
     assert famo.last_weights.sum().item() == pytest.approx(1.0)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -112,7 +99,6 @@ def test_famo_logit_updates_follow_the_official_rule(device):
     assert famo.logits.device.type == device
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_famo_balances_a_task_that_lags(device):
     famo = make("famo", 2, device, w_lr=0.1, gamma=0.0)
@@ -128,7 +114,6 @@ def test_famo_balances_a_task_that_lags(device):
     assert famo.z[1] > 0.8
     famo.reset(2, torch.device(device))
     assert torch.equal(famo.logits.detach(), torch.zeros(2, device=device))
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -149,7 +134,6 @@ def test_famo_min_losses_shift_the_log_losses(device):
     assert torch.isfinite(famo.logits).all()
     # The first Adam step moves each logit by -lr * sign(gradient).
     assert torch.equal(torch.sign(famo.logits.detach().to(F64)), -torch.sign(official))
-
 
 
 def test_famo_min_losses_must_match_the_task_count(write_spec):

@@ -9,35 +9,16 @@ import math
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from unit.weighting._inputs import (
     DEVICES,
-    F64,
+    grad_of,
+    loss_lists,
     make,
+    tensor,
 )
 
 fast = settings(max_examples=25, deadline=None)
-
-
-
-positive = st.floats(1e-3, 1e3, allow_nan=False, allow_infinity=False)
-
-
-
-loss_lists = st.lists(positive, min_size=1, max_size=6)
-
-
-
-def tensor(values, device: str, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(values, dtype=F64, device=device, requires_grad=grad)
-
-
-
-def grad_of(total: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(total, losses)
-    return grad
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -54,7 +35,6 @@ def test_gls_is_the_geometric_mean_and_its_gradient(device, values):
     expected = [geometric / (num * v) for v in values]
     assert grad_of(total, losses).tolist() == pytest.approx(expected, rel=1e-9)
     assert gls.last_weights.tolist() == pytest.approx(expected, rel=1e-9)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

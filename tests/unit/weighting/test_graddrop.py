@@ -27,10 +27,8 @@ from unit.weighting._inputs import (
 fast = settings(max_examples=25, deadline=None)
 
 
-
 def _signed_sums(jac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(jac > 0, jac, 0.0).sum(0), np.where(jac < 0, jac, 0.0).sum(0)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -58,7 +56,6 @@ def test_graddrop_keeps_one_sign_per_coordinate(device, jac, leak, seed):
     assert graddrop.last_weights is None
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_graddrop_picks_the_positive_sign_with_probability_purity(device):
     # Two tasks, one coordinate repeated: P = (1 + (3 - 1) / (3 + 1)) / 2 = 0.75.
@@ -69,12 +66,10 @@ def test_graddrop_picks_the_positive_sign_with_probability_purity(device):
     assert abs(frequency - 0.75) < 4 * math.sqrt(0.75 * 0.25 / 20_000)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_graddrop_without_conflicts_is_the_sum(device):
     jac = random_jacobian(4, 30, 0, device).abs() * torch.tensor([1, -1] * 15, device=device)
     assert torch.allclose(make("graddrop", 4, device).aggregate(jac), jac.sum(0))
-
 
 
 def test_graddrop_runs_on_the_representation():
@@ -85,7 +80,6 @@ def test_graddrop_runs_on_the_representation():
     for a, b in zip(ew, rep, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
     assert all(torch.isfinite(g).all() for g in engine_grads("graddrop", "rep", seed=2)[0])
-
 
 
 @pytest.mark.parametrize("name", ["graddrop", "excess_mtl"])

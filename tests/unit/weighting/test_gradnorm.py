@@ -9,14 +9,9 @@ import torch
 
 from unit.weighting._inputs import (
     DEVICES,
-    F64,
     make,
+    tensor,
 )
-
-
-def tensor(values, device: str, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(values, dtype=F64, device=device, requires_grad=grad)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -36,7 +31,6 @@ def test_gradnorm_first_step_by_hand(device):
     assert gn.last_weights.tolist() == pytest.approx(expected, rel=1e-6)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradnorm_moves_toward_the_task_that_trains_slower(device):
     gn = make("gradnorm", 2, device, alpha=1.5, lr=0.05)
@@ -52,7 +46,6 @@ def test_gradnorm_moves_toward_the_task_that_trains_slower(device):
     assert w[0] > 1.05 > 0.95 > w[1] and w.sum().item() == pytest.approx(2.0)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradnorm_equalises_weighted_gradient_norms(device):
     gn = make("gradnorm", 2, device, lr=0.01)
@@ -64,7 +57,6 @@ def test_gradnorm_equalises_weighted_gradient_norms(device):
     assert gn.task_weights.tolist() == pytest.approx([1.6, 0.4], abs=0.03)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradnorm_one_task_is_its_own_gradient(device):
     gn = make("gradnorm", 1, device)
@@ -72,7 +64,6 @@ def test_gradnorm_one_task_is_its_own_gradient(device):
     for loss in (1.0, 0.5, 0.1):
         assert torch.equal(gn.aggregate(jac, tensor([loss], device)), jac[0])
         assert gn.task_weights.tolist() == [1.0]
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -37,7 +37,6 @@ def test_gradvac_first_step_is_pcgrad(device):
         [[0.0, target], [target, 0.0]], dtype=F64, device=device))
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradvac_lifts_low_cosines_to_the_target_and_leaves_others(device):
     for angle in (0.3, 1.2, 2.0, 2.9):  # cos(angle) above, then below, the 0.5 target
@@ -61,7 +60,6 @@ def test_gradvac_lifts_low_cosines_to_the_target_and_leaves_others(device):
                     nj * math.sqrt(0.75))
                 assert coef[i, j].item() == pytest.approx(w, rel=1e-6)
         assert torch.equal(gradvac.targets[0, 1], torch.tensor(0.5, dtype=F64, device=device))
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -35,7 +35,6 @@ def test_resolve_fills_defaults_ew_uw_dwa_mgda_pcgrad():
     assert get("dwa", temperature=3.0).temperature == 3.0
 
 
-
 def test_resolve_fills_defaults_loss_based_methods():
     assert WEIGHTING.resolve("ls", {}) == {"weights": None}
     for name in ["si", "gls", "rlw"]:
@@ -47,7 +46,6 @@ def test_resolve_fills_defaults_loss_based_methods():
     # A TOML list (or a replayed JSON array) becomes a tuple; integers become floats.
     assert WEIGHTING.resolve("ls", {"weights": [1, 2.5]}) == {"weights": (1.0, 2.5)}
     assert WEIGHTING.resolve("stch", {"preference": [0.5, 0.5]})["preference"] == (0.5, 0.5)
-
 
 
 def test_resolve_fills_paper_defaults_gramian_methods():
@@ -65,7 +63,6 @@ def test_resolve_fills_paper_defaults_gramian_methods():
     assert WEIGHTING.resolve("aligned_mtl", {}) == {"scale_mode": "min", "pref_vector": None}
     assert WEIGHTING.resolve("config", {}) == {"pref_vector": None}
     assert WEIGHTING.resolve("upgrad", {"pref_vector": [1.0, 2]})["pref_vector"] == [1.0, 2.0]
-
 
 
 def test_defaults_follow_the_papers_and_official_code_stateful_methods():
@@ -86,7 +83,6 @@ def test_defaults_follow_the_papers_and_official_code_stateful_methods():
         "lamda": 0.3, "niter": 20, "beta": 10.0, "momentum": 0.5
     }
     assert WEIGHTING.resolve("modo", {}) == {"gamma": 0.1, "rho": 0.1}
-
 
 
 @pytest.mark.parametrize(
@@ -113,7 +109,6 @@ def test_bad_hyperparameters_raise_config_error_ew_uw_dwa_mgda_pcgrad(name, para
         get(name, **params)
 
 
-
 @pytest.mark.parametrize(
     ("name", "params"),
     [
@@ -135,7 +130,6 @@ def test_bad_hyperparameters_raise_config_error_ew_uw_dwa_mgda_pcgrad(name, para
 def test_bad_hyperparameters_raise_config_error_gramian_methods(name, params):
     with pytest.raises(ConfigError):
         WEIGHTING.resolve(name, params)
-
 
 
 @pytest.mark.parametrize(
@@ -170,7 +164,6 @@ def test_bad_hyperparameters_raise_config_error_loss_based_methods(name, params)
         WEIGHTING.resolve(name, params)
 
 
-
 @pytest.mark.parametrize(
     ("name", "params"),
     [
@@ -197,13 +190,11 @@ def test_bad_hyperparameters_raise_config_error_stateful_methods(name, params):
         WEIGHTING.resolve(name, params)
 
 
-
 def test_pref_vector_of_the_wrong_length_raises():
     jac = random_jacobian(3, 5, 0)
     for name in ["upgrad", "dualproj", "aligned_mtl", "config"]:
         with pytest.raises(ValueError, match="pref_vector has 2 entries for 3 tasks"):
             direction(name, jac, pref_vector=[1.0, 2.0])
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

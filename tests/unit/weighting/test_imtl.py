@@ -43,7 +43,6 @@ def test_imtl_hybrid_scales_losses_and_learns_the_scales(device):
     assert torch.allclose(imtl.aggregate(scaled_jac), direction("imtl_g", scaled_jac))
 
 
-
 def test_imtl_needs_reset():
     with pytest.raises(RuntimeError, match="reset"):
         get("imtl").transform_losses(torch.ones(2))

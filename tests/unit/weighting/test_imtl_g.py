@@ -27,7 +27,6 @@ def test_imtl_g_equal_projections_on_unit_gradients(device):
         assert torch.allclose(projections, projections[0].expand_as(projections), rtol=1e-8)
 
 
-
 def test_imtl_g_matches_the_papers_formula():
     # alpha_{2:T} = g_1 U^T (D U^T)^{-1}, alpha_1 = 1 - sum alpha_{2:T}.
     jac = random_jacobian(4, 9, 6)

@@ -12,26 +12,13 @@ from hypothesis import strategies as st
 from unit.weighting._inputs import (
     DEVICES,
     F64,
+    grad_of,
     make,
+    positive,
+    tensor,
 )
 
 fast = settings(max_examples=25, deadline=None)
-
-
-
-positive = st.floats(1e-3, 1e3, allow_nan=False, allow_infinity=False)
-
-
-
-def tensor(values, device: str, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(values, dtype=F64, device=device, requires_grad=grad)
-
-
-
-def grad_of(total: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(total, losses)
-    return grad
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -47,7 +34,6 @@ def test_ls_is_the_weighted_sum(device, pairs):
     assert grad_of(total, losses).tolist() == pytest.approx(list(weights), rel=1e-6)
     assert ls.last_weights.tolist() == pytest.approx(list(weights), rel=1e-6)
     assert ls.last_weights.device == losses.device and not ls.last_weights.requires_grad
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -30,17 +30,13 @@ from unit.weighting._inputs import (
 EXACT = {}
 
 
-
 FW_EXACT = {"solver": "frank_wolfe", "away_steps": True, "tol": 1e-14, "max_iter": 10_000}
-
 
 
 FW = {"solver": "frank_wolfe"}
 
 
-
 fast = settings(max_examples=40, deadline=None)
-
 
 
 def min_norm_reference(jac: np.ndarray) -> np.ndarray:
@@ -60,7 +56,6 @@ def min_norm_reference(jac: np.ndarray) -> np.ndarray:
     return (alpha / alpha.sum()) @ jac
 
 
-
 def assert_min_norm_optimal(jac: torch.Tensor, alpha: torch.Tensor, d: torch.Tensor, rtol: float):
     """alpha in the simplex, d = alpha @ J, and the KKT conditions g_t . d >= ||d||^2."""
     scale = jac.pow(2).sum(1).max().item()
@@ -70,14 +65,12 @@ def assert_min_norm_optimal(jac: torch.Tensor, alpha: torch.Tensor, d: torch.Ten
     assert ((jac @ d) >= d @ d - rtol * scale).all()
 
 
-
 def assert_min_norm_kkt(jac: torch.Tensor, alpha: torch.Tensor, d: torch.Tensor, rtol: float):
     scale = scale_of(jac)
     assert (alpha >= 0).all() and alpha.sum().item() == pytest.approx(1.0, abs=1e-12)
     dots = jac @ d
     assert (dots >= d @ d - rtol * scale).all()  # KKT: g_t . d >= ||d||^2
     assert (dots >= -rtol * scale).all()  # hence no conflict with any task
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -93,7 +86,6 @@ def test_mgda_two_tasks_is_the_exact_closed_form(device, jac):
     assert (d @ d).item() <= best + 1e-10 * (1 + (jac**2).sum(1).max())
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("num_tasks", "dim"), [(3, 4), (4, 10), (5, 50), (6, 6), (8, 300)])
 def test_mgda_matches_scipy_and_satisfies_kkt(device, num_tasks, dim):
@@ -107,7 +99,6 @@ def test_mgda_matches_scipy_and_satisfies_kkt(device, num_tasks, dim):
         scale = jac.pow(2).sum(1).max().item()
         assert (d @ d).item() <= (reference @ reference).item() + 1e-10 * scale
         assert torch.allclose(d, reference, atol=1e-5 * scale**0.5)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -132,7 +123,6 @@ def test_mgda_paper_solver_defaults(device):
         assert_min_norm_optimal(jac, certified.last_weights, d, rtol=1e-4)
 
 
-
 def test_frank_wolfe_on_the_gramian_directly():
     # Orthonormal gradients: the min-norm point is their mean, already optimal at 1/T.
     assert frank_wolfe(np.eye(4)) == pytest.approx(np.full(4, 0.25))
@@ -141,7 +131,6 @@ def test_frank_wolfe_on_the_gramian_directly():
     alpha = frank_wolfe(jac @ jac.T, away_steps=True, tol=1e-14, max_iter=10_000)
     assert np.linalg.norm(alpha @ jac) < 1e-6
     assert np.isnan(frank_wolfe(np.array([[np.inf, 0.0], [0.0, 1.0]]))).all()
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -157,7 +146,6 @@ def test_mgda_is_permutation_invariant(device, num_tasks):
         scale = jac.pow(2).sum(1).max().item() ** 0.5
         assert torch.allclose(d_perm, d, atol=1e-6 * scale)
         assert torch.allclose(mgda.last_weights, alpha[perm.to(device)], atol=1e-5)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -181,7 +169,6 @@ def test_mgda_zero_gradient_gives_zero_direction(device, num_tasks, dim):
                 assert (d @ d).item() <= bound * (1 + 1e-9)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("num_tasks", [2, 4])
 @pytest.mark.parametrize("factor", [1e-3, 7.5, 1e4])
@@ -194,7 +181,6 @@ def test_mgda_scales_with_the_gradients(device, num_tasks, factor):
         d_scaled = mgda.aggregate(factor * jac)
         assert torch.allclose(d_scaled, factor * d, rtol=1e-6, atol=1e-9 * factor)
         assert torch.allclose(mgda.last_weights, alpha, atol=1e-6)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -217,7 +203,6 @@ def test_mgda_l2_normalization(device, num_tasks):
     assert torch.allclose(mgda.aggregate(rescaled), d, atol=1e-7)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_tasks", [1, 2, 3])
@@ -233,7 +218,6 @@ def test_gradient_methods_keep_device_and_dtype(device, dtype, num_tasks):
     mgda = make("mgda", num_tasks, device, **EXACT)
     d = mgda.aggregate(jac.float())
     assert_min_norm_optimal(jac.float(), mgda.last_weights, d, rtol=1e-5)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -252,13 +236,11 @@ def test_mgda_iterates_stay_feasible_and_improve(device, jac):
             assert (d @ d).item() <= (jac.mean(0) ** 2).sum() * (1 + 1e-12) + 1e-12
 
 
-
 def test_mgda_two_tasks_on_the_cpu_raise_too():
     jac = random_jacobian(2, 6, 0)
     jac[0, 0] = math.nan
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
         direction("mgda", jac)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

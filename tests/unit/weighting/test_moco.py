@@ -22,7 +22,6 @@ from unit.weighting._inputs import (
 fast = settings(max_examples=25, deadline=None)
 
 
-
 def np_project(v: np.ndarray) -> np.ndarray:
     """Simplex projection by bisection on the threshold (independent of the sort formula)."""
     lo, hi = v.min() - 1.0, v.max()
@@ -32,14 +31,12 @@ def np_project(v: np.ndarray) -> np.ndarray:
     return np.clip(v - (lo + hi) / 2, 0, None)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @fast
 @given(v=arrays(np.float64, st.integers(1, 7), elements=st.floats(-50, 50)))
 def test_simplex_projection(device, v):
     projected = project_to_simplex(torch.from_numpy(v).to(device)).cpu().numpy()
     np.testing.assert_allclose(projected, np_project(v), atol=1e-9)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -61,7 +58,6 @@ def test_moco_updates_by_hand(device):
     assert torch.equal(moco.lambd.cpu(), torch.full((3,), 1 / 3))
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_moco_default_is_the_authors_update(device):
     # Issue 14: the default is the authors' code (Trade-Off-MOL's grad_moco / MoCo.py):
@@ -77,7 +73,6 @@ def test_moco_default_is_the_authors_update(device):
         np.testing.assert_allclose(moco.tracked.cpu().numpy(), tracked, atol=1e-12)
         np.testing.assert_allclose(moco.last_weights.cpu().numpy(), lambd, atol=1e-9)
         np.testing.assert_allclose(d.cpu().numpy(), lambd @ tracked, atol=1e-9)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -99,7 +94,6 @@ def test_moco_libmtl_variant_by_hand(device):
         np.testing.assert_allclose(d.cpu().numpy(), lambd @ tracked, atol=1e-12)
     with pytest.raises(ValueError, match="losses"):
         make("moco", 3, device, variant="libmtl").aggregate(jac)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -24,7 +24,6 @@ def np_project(v: np.ndarray) -> np.ndarray:
     return np.clip(v - (lo + hi) / 2, 0, None)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_modo_updates_by_hand(device):
     modo = make("modo", 3, device, gamma=0.05, rho=0.2)

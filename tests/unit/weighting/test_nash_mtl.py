@@ -26,7 +26,6 @@ def badly_scaled_jacobian(device: str) -> torch.Tensor:
     return (jac * torch.tensor([1000.0, 1.0, 1.0], dtype=F64)[:, None]).to(device)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_nash_mtl_is_scale_invariant_at_the_nash_solution(device):
     # Orthogonal gradients: G is diagonal and G alpha = 1/alpha gives alpha_t = 1 / ||g_t||.
@@ -38,7 +37,6 @@ def test_nash_mtl_is_scale_invariant_at_the_nash_solution(device):
         assert torch.allclose(d, units.sum(0), atol=1e-6)
         clipped = direction("nash_mtl", factor * jac)
         assert torch.allclose(clipped, units.sum(0) / math.sqrt(3), atol=1e-6)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -55,7 +53,6 @@ def test_nash_mtl_reaches_g_alpha_equals_one_over_alpha(device):
     assert torch.allclose((jac @ jac.T) @ alpha, 1 / alpha, rtol=1e-6)
     assert (d @ d).item() == pytest.approx(4.0, rel=1e-6)  # alpha^T G alpha = T
     assert torch.allclose(jac @ d, 1 / alpha, rtol=1e-6)  # every task gains 1/alpha_t
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -81,7 +78,6 @@ def test_nash_mtl_clipping_reuse_and_reset(device):
     assert torch.equal(nash.aggregate(jac), direction("nash_mtl", jac))
 
 
-
 def test_nash_mtl_without_a_solution_keeps_the_previous_weights():
     # 0 in the convex hull: no alpha >= 0 with G alpha > 0; the official code keeps alpha
     # (all ones at the first step).
@@ -89,7 +85,6 @@ def test_nash_mtl_without_a_solution_keeps_the_previous_weights():
     nash = make("nash_mtl", 3, max_norm=0.0)
     assert torch.allclose(nash.aggregate(jac), jac.sum(0))
     assert torch.equal(nash.last_weights, torch.ones(3, dtype=F64))
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -114,7 +109,6 @@ def test_nash_mtl_direct_solver_reaches_the_nash_point_on_badly_scaled_gradients
     balance = alpha * (gram @ alpha)
     assert (balance.max() / balance.min()).item() > 100.0
     assert official.stats() == {"nash_point_reached_fraction": 0.0, "nash_solves": 3.0}
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -43,7 +43,6 @@ def test_per_step_paths_do_not_synchronize_with_the_host_ew_uw_dwa_mgda_pcgrad()
         torch.cuda.set_sync_debug_mode("default")
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_per_step_paths_do_not_synchronize_with_the_host_loss_based():
     device = torch.device("cuda")
@@ -74,7 +73,6 @@ def test_per_step_paths_do_not_synchronize_with_the_host_loss_based():
             step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -23,7 +23,6 @@ from unit.weighting._inputs import (
 fast = settings(max_examples=40, deadline=None)
 
 
-
 def pcgrad_reference(jac: torch.Tensor, orders) -> torch.Tensor:
     """The paper's Algorithm 1 on the vectors, for given orders of the other tasks."""
     projected = []
@@ -37,14 +36,12 @@ def pcgrad_reference(jac: torch.Tensor, orders) -> torch.Tensor:
     return torch.stack(projected)
 
 
-
 def all_orders(num_tasks: int):
     per_task = [
         list(itertools.permutations([j for j in range(num_tasks) if j != i]))
         for i in range(num_tasks)
     ]
     return itertools.product(*per_task)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -58,7 +55,6 @@ def test_pcgrad_two_conflicting_tasks_by_hand(device):
     assert torch.allclose(pcgrad.aggregate(jac), torch.tensor([0.5, 1.5], device=device))
     # The direction as weights on the original gradients: 2 g1 + 1.5 g2.
     assert torch.allclose(pcgrad.last_weights, torch.tensor([2.0, 1.5], device=device))
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -84,7 +80,6 @@ def test_pcgrad_two_tasks_formula(device, jac):
     )
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @fast
 @given(jac=jacobian_arrays(st.integers(1, 6), st.integers(1, 8), lo=0.0))
@@ -92,7 +87,6 @@ def test_pcgrad_without_conflicts_is_the_sum(device, jac):
     jacobian = torch.from_numpy(jac).to(device)  # non-negative entries: all dots >= 0
     pcgrad = make("pcgrad", jac.shape[0], device)
     assert torch.allclose(pcgrad.aggregate(jacobian), jacobian.sum(0), rtol=1e-12, atol=1e-12)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -109,7 +103,6 @@ def test_pcgrad_matches_the_algorithm_for_some_random_order(device, num_tasks):
     assert order_matters  # so the check above is not vacuous
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_pcgrad_uses_every_order(device):
     jac = random_jacobian(3, 6, 2, device)
@@ -122,7 +115,6 @@ def test_pcgrad_uses_every_order(device):
     assert distinct == reachable and len(reachable) > 1
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_pcgrad_same_seed_same_output(device):
     jac = random_jacobian(5, 10, 1, device)
@@ -131,7 +123,6 @@ def test_pcgrad_same_seed_same_output(device):
         assert torch.equal(first.aggregate(jac), second.aggregate(jac))
     outputs = [make("pcgrad", 5, device, seed=s).aggregate(jac) for s in range(10)]
     assert any(not torch.allclose(outputs[0], o) for o in outputs)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -144,7 +135,6 @@ def test_pcgrad_zero_gradient(device):
     expected = make("pcgrad", 2, device).aggregate(jac[[0, 2]])  # order-free for 2 tasks
     assert torch.allclose(d, expected)
     assert torch.equal(pcgrad.project(jac)[1], torch.zeros(6, device=device, dtype=F64))
-
 
 
 @pytest.mark.parametrize("name", ["pcgrad", "gradvac"])
@@ -169,7 +159,6 @@ def test_pcgrad_and_gradvac_check_the_gramian_not_j(monkeypatch, name, bad):
     # The gramian engine's path (weights from a Gramian) is checked too.
     with pytest.raises(FloatingPointError, match="NaN or Inf"):
         make(name, 3, "cpu").weights(jac @ jac.T)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

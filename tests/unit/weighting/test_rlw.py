@@ -10,19 +10,10 @@ import torch
 from unit.weighting._inputs import (
     DEVICES,
     F64,
+    grad_of,
     make,
+    tensor,
 )
-
-
-def tensor(values, device: str, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(values, dtype=F64, device=device, requires_grad=grad)
-
-
-
-def grad_of(total: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(total, losses)
-    return grad
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -42,7 +33,6 @@ def test_rlw_weights_are_softmax_of_standard_normal_draws(device):
         assert torch.allclose(grad_of(total, losses), w)
         assert previous is None or not torch.equal(w, previous)  # new weights every step
         previous = w
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

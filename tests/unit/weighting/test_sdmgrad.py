@@ -24,7 +24,6 @@ def np_project(v: np.ndarray) -> np.ndarray:
     return np.clip(v - (lo + hi) / 2, 0, None)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_sdmgrad_updates_by_hand(device):
     lamda, beta, momentum, niter = 0.4, 2.0, 0.5, 3
@@ -43,7 +42,6 @@ def test_sdmgrad_updates_by_hand(device):
         np.testing.assert_allclose(sdm.last_weights.cpu().numpy(), weights, atol=1e-9)
         np.testing.assert_allclose(d.cpu().numpy(), weights @ step_batch.cpu().numpy(),
                                    atol=1e-9)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -15,23 +15,12 @@ from hypothesis import strategies as st
 from strategies.weighting.stch import smooth_tchebycheff
 from unit.weighting._inputs import (
     DEVICES,
-    F64,
+    grad_of,
     make,
+    tensor,
 )
 
 fast = settings(max_examples=25, deadline=None)
-
-
-
-def tensor(values, device: str, grad: bool = False) -> torch.Tensor:
-    return torch.tensor(values, dtype=F64, device=device, requires_grad=grad)
-
-
-
-def grad_of(total: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(total, losses)
-    return grad
-
 
 
 @fast
@@ -46,7 +35,6 @@ def test_smooth_tchebycheff_bounds_the_maximum(pairs, mu):
     assert hard - 1e-9 <= smooth <= hard + mu * math.log(len(pairs)) + 1e-9
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_smooth_tchebycheff_tends_to_the_weighted_maximum(device):
     values = tensor([0.3, -1.0, 0.2], device)  # f - z
@@ -57,7 +45,6 @@ def test_smooth_tchebycheff_tends_to_the_weighted_maximum(device):
     # mu = 1: by hand.
     expected = math.log(math.exp(0.3) + math.exp(-2.0) + math.exp(0.28))
     assert smooth_tchebycheff(values, preference, 1.0).item() == pytest.approx(expected)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -86,7 +73,6 @@ def test_stch_warm_up_then_smooth_tchebycheff_on_normalised_log_losses(device):
     assert stch.nadir.tolist() == [1.0, 2.0]
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_stch_small_mu_is_the_tchebycheff_scalarization(device):
     stch = make("stch", 3, device, mu=1e-4, warmup_epoch=0)
@@ -97,7 +83,6 @@ def test_stch_small_mu_is_the_tchebycheff_scalarization(device):
     assert total.item() == pytest.approx(3 * max(ratios), abs=3 * 1e-4 * math.log(3))
     # All the weight on the worst task (relative to its reference): task 1.
     assert torch.allclose(grad_of(total, losses), tensor([0.0, 3 / 1.5, 0.0], device), atol=1e-6)
-
 
 
 @pytest.mark.parametrize("device", DEVICES)

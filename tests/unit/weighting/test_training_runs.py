@@ -35,7 +35,6 @@ device = "{device}"
 """
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     ("weighting", "engine"),
@@ -64,7 +63,6 @@ def test_strategies_train(write_spec, device, weighting, engine):
     assert set(weights) == {"t1", "t2"} and all(math.isfinite(w) for w in weights.values())
 
 
-
 def test_multi_batch_methods_train_through_trials(write_spec):
     spec = write_spec("""
         name = "multi"
@@ -89,7 +87,6 @@ def test_multi_batch_methods_train_through_trials(write_spec):
         assert len(record.history) == 2
         for entry in record.history:
             assert sum(entry.weights.values()) == pytest.approx(1.0, abs=1e-5)
-
 
 
 def test_trials_record_strategy_stats(write_spec):

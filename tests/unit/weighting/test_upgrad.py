@@ -26,19 +26,16 @@ from unit.weighting._inputs import (
 fast = settings(max_examples=30, deadline=None)
 
 
-
 # A nearly degenerate cone (g1 and g2 almost opposite, g3 across): its only point is 0,
 # reached with weights ~3e6. Found by hypothesis; dividing G by its trace erased the
 # deciding 1e-14 eigenvalue and left a conflict of 1.3e-3.
 NEARLY_DEGENERATE = np.array([[-1.0, 0.0], [1.0, 1.1920929e-07], [0.0, -1.0]])
 
 
-
 def test_overflowing_gramian_raises():
     jac = torch.full((3, 4), 1e200, dtype=F64)
     with pytest.raises(FloatingPointError, match="overflowed"):
         direction("upgrad", jac)
-
 
 
 # Derandomized: on nearly degenerate cones (condition numbers of 1e10 and more) the
@@ -65,7 +62,6 @@ def test_dual_cone_methods_do_not_conflict(device, name, jac):
     assert ((jacobian @ d) >= -1e-3 * scale * jac.shape[0]).all()
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_upgrad_is_the_mean_of_projections_and_dualproj_the_projected_mean(device):
     jac = random_jacobian(4, 10, 3, device)
@@ -79,7 +75,6 @@ def test_upgrad_is_the_mean_of_projections_and_dualproj_the_projected_mean(devic
     agreeing = jac.abs()
     assert torch.allclose(direction("dualproj", agreeing, reg_eps=0.0), agreeing.mean(0))
     assert torch.allclose(direction("upgrad", agreeing, reg_eps=0.0), agreeing.mean(0))
-
 
 
 def test_upgrad_small_gradients_fall_back_to_the_mean():

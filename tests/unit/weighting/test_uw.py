@@ -26,7 +26,6 @@ def test_uw_parameters_are_zero_initialised_log_variances(device):
     assert uw.parameters()[0].shape == (2,)
 
 
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_uw_value_and_gradients_match_the_formula(device):
     uw = make("uw", 3, device)
@@ -45,7 +44,6 @@ def test_uw_value_and_gradients_match_the_formula(device):
     assert torch.allclose(grad_l, 0.5 * torch.exp(-s.detach()))
     assert torch.allclose(uw.last_weights, 0.5 * torch.exp(-s.detach()))
     assert not uw.last_weights.requires_grad
-
 
 
 @pytest.mark.parametrize("device", DEVICES)
