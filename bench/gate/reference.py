@@ -58,10 +58,17 @@ def _coverage_settings(only: tuple[str, ...] | None) -> dict[str, Any]:
             "common": list(COVERAGE_COMMON), "weighting": weighting, "sharing": sharing}
 
 
+# Preset keys that document the preset and change no trial: not compared.
+DOCUMENTATION_KEYS = ("description", "measured_run_s", "measured_on")
+
+
 def chosen(settings: dict[str, Any]) -> str:
     coverage = {k: v for k, v in (settings.get("coverage") or {}).items()
                 if k in ("only", "settings", "common")}
-    return canonical_json([settings.get("preset_toml"), settings.get("overrides"), coverage])
+    preset = settings.get("preset_toml")
+    if isinstance(preset, dict):
+        preset = {k: v for k, v in preset.items() if k not in DOCUMENTATION_KEYS}
+    return canonical_json([preset, settings.get("overrides"), coverage])
 
 
 def read_reference(folder: Path) -> dict[str, Any]:

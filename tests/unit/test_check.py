@@ -373,3 +373,15 @@ def test_different_coverage_is_a_usage_error(reference, capsys):
     err = capsys.readouterr().err.strip()
     assert "different sweep" in err and "--coverage mgda,hps" in err
     assert len(err.splitlines()) == 1
+
+
+def test_documentation_keys_of_the_preset_do_not_change_what_the_reference_was_made_with():
+    from bench.gate.reference import chosen
+
+    base = {"preset_toml": {"name": "check", "seeds": [0]}, "overrides": [],
+            "coverage": {"only": None}}
+    documented = {**base, "preset_toml": {**base["preset_toml"], "measured_run_s": 1.7,
+                                          "measured_on": "today", "description": "new"}}
+    assert chosen(documented) == chosen(base)
+    changed = {**base, "preset_toml": {**base["preset_toml"], "seeds": [0, 1]}}
+    assert chosen(changed) != chosen(base)
