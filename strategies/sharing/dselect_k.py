@@ -33,7 +33,7 @@ Entropy regularisation (optional, ``entropy_reg > 0``): the reference code can a
 selectors converge to one-hot sooner. ``regularization()`` returns that term for the
 latest training forward (mean over the batch, summed over tasks and selectors); it
 only takes effect where the trainer adds ``model.regularization()`` to the objective
-(not yet the case in ``bench/engine.py``), so it defaults to 0 (off).
+(not yet the case in ``bench/engine/``), so it defaults to 0 (off).
 
 Shared parameters: the experts; task-specific: the task's gate and tower. As for
 MMoE, the representation (``rep`` engine) is the stacked expert outputs

@@ -15,7 +15,7 @@ The harness only sees task losses, and a penalty that is not a task must not be
 weighted, normalised or Jacobian-projected by the weighting strategy, so ``R`` is
 exposed through ``regularization()``, for the trainer to add to the objective (its
 gradient added to the parameters' gradients after the strategy's direction). Until
-``bench/engine.py`` does so, ``soft`` trains like ``stl``.
+``bench/engine/`` does so, ``soft`` trains like ``stl``.
 
 Shared vs task-specific parameters: every parameter feeds one task's output only
 (column t and tower t -> task t), so all are task-specific and
