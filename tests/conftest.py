@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import signal
 import textwrap
 from pathlib import Path
 
 import pytest
+
+# Tests send SIGINT to mtlbench subprocesses. A suite started in the background by a
+# non-interactive shell (`... &`, nohup) has SIGINT ignored, and exec'd children keep an
+# ignored signal: take it back so that they get the default (Python's KeyboardInterrupt).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TINY_SPEC = """
 name = "tiny"
