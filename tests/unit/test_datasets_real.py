@@ -861,6 +861,6 @@ def test_mnist_fashion_runs_in_a_sweep_with_hps_cnn_and_each_policy(write_spec, 
     acc = tidy[(tidy["split"] == "test") & (tidy["metric"] == "accuracy")]
     # One epoch of 3,600 samples already beats chance (10 %) on both tasks.
     assert (acc["value"] > 0.2).all()
-    steps = {r["spec"].get("sampling", {}).get("name"): r["timing"]["steps"]
-             for r in store.RunStore(out).records() if r["spec"]["tasks"] is None}
+    steps = {r.spec.sampling.name if r.spec.sampling else None: r.timing.steps
+             for r in store.RunStore(out).records() if r.spec.tasks is None}
     assert set(steps.values()) == {-(-3600 // 64)}  # equal compute under every policy
