@@ -96,3 +96,16 @@ def test_non_finite_jacobian_still_raises_from_the_reduced_check(name, bad, leak
         jac[1, column] = bad
         with pytest.raises(FloatingPointError, match="NaN or Inf"):
             strategy.aggregate(jac, torch.ones(3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("leak", [0.0, 0.3, 1.0])
+def test_graddrop_direction_is_the_masked_sum_of_the_paper(device, leak):
+    # aggregate() never forms the (T, P) mask; the same seed must give the same draw, and
+    # the direction must be sum_i (l + (1 - l) M_i) g_i with M from mask() (Eqs. 1-3).
+    jac = random_jacobian(5, 4_000, 3, device)
+    jac[:, :50] = 0.0  # columns of zeros keep nothing
+    fast = make("graddrop", 5, device, seed=7, leak=leak).aggregate(jac)
+    mask = make("graddrop", 5, device, seed=7, leak=leak).mask(jac).to(jac.dtype)
+    expected = ((leak + (1 - leak) * mask) * jac).sum(0)
+    torch.testing.assert_close(fast, expected, rtol=1e-12, atol=1e-12)
