@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bench.engine import ENGINES, GradientEngine, HeadGradients, NullTimer, StepContext, Timer
+from bench.engine import (
+    ENGINES,
+    GradientEngine,
+    HeadGradients,
+    NullTimer,
+    StepContext,
+    Timer,
+    task_parameter_split,
+)
 from bench.engine import train_step as _train_step
 from bench.probes import Probe, build_probes
 from bench.spec import Component, ModelSettings, ProbeSettings, TrainSettings
@@ -84,20 +92,28 @@ def step_context(
     optimizer: torch.optim.Optimizer,
     shared: Iterable[nn.Parameter] | None = None,
     heads: HeadGradients = "method",
+    tasks: Sequence[str] | None = None,
 ) -> StepContext:
     """The :class:`StepContext` of ``model``: ``shared`` (default: the architecture's
-    ``shared_parameters()``) and every other parameter of the model as task-specific."""
+    ``shared_parameters()``) and every other parameter of the model as task-specific.
+    ``tasks``, the task names in the order of the step's losses, lets the context split
+    the task-specific parameters by task (:func:`bench.engine.task_parameter_split`;
+    without it, :func:`bench.engine.train_step` checks the model's own task order on
+    the first step's graph)."""
     shared_list = list(shared) if shared is not None else list(model.shared_parameters())
     shared_ids = {id(p) for p in shared_list}
+    task_specific = [p for p in model.parameters() if id(p) not in shared_ids]
     return StepContext(
         model=model,
         strategy=strategy,
         engine=engine,
         optimizer=optimizer,
         shared=shared_list,
-        task_specific=[p for p in model.parameters() if id(p) not in shared_ids],
+        task_specific=task_specific,
         heads=heads,
+        task_params=task_parameter_split(model, tasks, task_specific) if tasks else None,
     )
+
 
 
 @dataclass
@@ -155,6 +171,7 @@ def build_step(
     engine = ENGINES[train.engine]()
     require_engine(engine, method, net)
     optimizer = make_optimizer([*net.parameters(), *method.parameters()], train)
-    ctx = step_context(net, method, engine, optimizer, heads=train.heads)
+    ctx = step_context(net, method, engine, optimizer, heads=train.heads,
+                       tasks=[t.name for t in tasks])
     return TrainingStep(model=net, strategy=method, engine=engine, optimizer=optimizer, ctx=ctx,
                         tasks=tasks, device=device, train=train, timer=timer or NullTimer())

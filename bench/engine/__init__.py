@@ -45,6 +45,8 @@ from bench.engine.step import (
     Timer,
     apply_gradients,
     head_gradients,
+    losses_follow_outputs,
+    task_parameter_split,
     train_step,
 )
 from bench.engine.vmap import GramianEngine, VmapEngine
@@ -69,6 +71,8 @@ __all__ = [
     "as_task_losses",
     "head_gradients",
     "loss_handles",
+    "losses_follow_outputs",
+    "task_parameter_split",
     "train_step",
 ]
 

@@ -34,7 +34,14 @@ class LoopEngine(GradientEngine):
         first = params[0]
         jac = torch.empty(len(losses.handles), sum(p.numel() for p in params),
                           dtype=first.dtype, device=first.device)
-        for row, handle, scale in zip(jac, losses.handles, losses.scales, strict=True):
-            torch.cat([g.reshape(-1) for g in _zeros_if_none(_grad(handle, params, scale), params)],
+        for task, (row, handle, scale) in enumerate(
+            zip(jac, losses.handles, losses.scales, strict=True)
+        ):
+            # The task's own parameters ride along: their gradient costs no extra traversal.
+            own = losses.own_of(task)
+            grads = _grad(handle, [*params, *own], scale)
+            torch.cat([g.reshape(-1) for g in _zeros_if_none(grads[: len(params)], params)],
                       out=row)
+            losses.set_own_grads(task, grads[len(params):])
+        losses.own_filled = losses.own is not None and losses.mixing is None
         return losses.mix(jac)

@@ -99,10 +99,28 @@ class TaskLosses:
     transformed: torch.Tensor
     features: list[torch.Tensor] | None = None
     elementwise: bool = True
+    #: Each task's own (task-specific) parameters, in task order, when the step wants an
+    #: engine to set their gradients (of the task's own transformed loss) in the task's
+    #: own backward instead of one more backward afterwards (see :meth:`own_of`).
+    own: list[list[torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         self.handles = loss_handles(self.raw)
         self.scales, self.mixing = self._transform_jacobian()
+        #: Set by an engine that gave every ``own`` parameter its gradient.
+        self.own_filled = False
+
+    def own_of(self, task: int) -> list[torch.Tensor]:
+        """Task ``task``'s own parameters to differentiate in its backward; none when the
+        transform mixes tasks (a head's gradient then depends on every task's seed)."""
+        if self.own is None or self.mixing is not None:
+            return []
+        return self.own[task]
+
+    def set_own_grads(self, task: int, grads: Sequence[torch.Tensor | None]) -> None:
+        """Give task ``task``'s own parameters their gradients (zeros where unused)."""
+        for p, g in zip(self.own_of(task), grads, strict=True):
+            p.grad = g if g is not None else torch.zeros_like(p)
 
     def _transform_jacobian(self) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Per-task backward seeds, and a (T, T) matrix to apply afterwards if the

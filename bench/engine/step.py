@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
@@ -26,6 +26,8 @@ __all__ = [
     "Timer",
     "apply_gradients",
     "head_gradients",
+    "losses_follow_outputs",
+    "task_parameter_split",
     "train_step",
 ]
 
@@ -61,6 +63,13 @@ class StepContext:
     shared: list[nn.Parameter]
     task_specific: list[nn.Parameter]
     heads: HeadGradients = "method"
+    #: ``task_specific`` split by task, in the order of the step's losses, when the
+    #: architecture declares it (``task_parameters``): an engine may then give each
+    #: task's parameters their gradient in that task's own backward. When not given,
+    #: :func:`train_step` derives it from the model's task order once that order is seen
+    #: to be the losses' order in the first step's graph.
+    task_params: list[list[nn.Parameter]] | None = None
+    task_order_checked: bool = field(default=False, init=False)
 
 
 HeadGradients = Literal["method", "own", "weighted"]
@@ -93,13 +102,22 @@ def apply_gradients(
         timer.mark("backward")
         return
     features = features or [None] * len(losses_per_batch)
+    heads_filled = False
     if ctx.shared:
+        # One batch, own-loss heads: the engine may fill the heads' gradients on the way.
+        fold = (ctx.task_params is not None and len(losses_per_batch) == 1
+                and head_gradients(ctx) == "own")
+        own_params = ([[p for p in ps if p.requires_grad] for ps in ctx.task_params]
+                      if fold and ctx.task_params is not None else None)
         task_losses = [
-            TaskLosses(raw, out, feats, elementwise=not strategy.transform_mixes_tasks)
+            TaskLosses(raw, out, feats, elementwise=not strategy.transform_mixes_tasks,
+                       own=own_params)
             for raw, out, feats in zip(losses_per_batch, transformed, features, strict=True)
         ]
         ctx.engine.shared_gradients(task_losses, strategy, ctx, timer)
-    own = [p for p in (*ctx.task_specific, *strategy.parameters()) if p.requires_grad]
+        heads_filled = task_losses[0].own_filled
+    specific = [] if heads_filled else ctx.task_specific
+    own = [p for p in (*specific, *strategy.parameters()) if p.requires_grad]
     if own:
         # Task parameters only feed their own task's loss, so the gradient of the sum
         # gives each its own task's gradient; strategy parameters get theirs likewise.
@@ -107,8 +125,8 @@ def apply_gradients(
         # Without shared parameters no strategy weights exist: the method's default
         # falls back to each task's own gradient (an explicit "weighted" still raises).
         weighted = head_gradients(ctx) == "weighted" and (ctx.shared or ctx.heads == "weighted")
-        if weighted and ctx.task_specific:
-            heads = [p for p in ctx.task_specific if p.requires_grad]
+        if weighted and specific:
+            heads = [p for p in specific if p.requires_grad]
             _set_grads(heads, (per_task * _task_weights(strategy)).sum(), retain=True)
             own = [p for p in strategy.parameters() if p.requires_grad]
         if own:
@@ -139,6 +157,74 @@ def _add_regularization(model: nn.Module) -> None:
     penalty = reg() if reg is not None else None
     if penalty is not None and penalty.requires_grad:
         penalty.backward()  # accumulates into .grad
+
+
+def task_parameter_split(
+    model: nn.Module, tasks: Sequence[str], task_specific: Sequence[nn.Parameter]
+) -> list[list[nn.Parameter]] | None:
+    """``task_specific`` as the architecture's ``task_parameters(task)`` per task of
+    ``tasks``, or None unless those lists are disjoint and together are exactly
+    ``task_specific`` (then each task's parameters feed that task's loss only)."""
+    split_of = getattr(model, "task_parameters", None)
+    if split_of is None:
+        return None
+    split = [list(split_of(name)) for name in tasks]
+    ids = [id(p) for ps in split for p in ps]
+    if len(ids) != len(set(ids)) or set(ids) != {id(p) for p in task_specific}:
+        return None
+    return split
+
+
+#: Autograd nodes a task loss's graph may have before its task's output (the check
+#: gives up beyond it, and the heads then get one backward of their own).
+_ORDER_CHECK_NODES = 256
+
+
+def losses_follow_outputs(
+    losses: torch.Tensor, outputs: dict[str, torch.Tensor], names: Sequence[str]
+) -> bool:
+    """Whether loss ``t`` of the (T,) stack ``losses`` is computed from
+    ``outputs[names[t]]`` and from no other output, as seen in the autograd graph (a walk
+    from each stacked loss back to the first output nodes it meets; a loss that meets
+    none, such as a constant, counts for nothing either way, but one must match)."""
+    fn = losses.grad_fn
+    if losses.dim() != 1 or fn is None or type(fn).__name__ != "StackBackward0" or \
+            len(fn.next_functions) != len(names):
+        return False
+    output_nodes = {out.grad_fn: name for name, out in outputs.items()
+                    if isinstance(out, torch.Tensor) and out.grad_fn is not None}
+    matched = False
+    for (start, _), name in zip(fn.next_functions, names, strict=True):
+        stack, seen, reached = [start], set(), set()
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if len(seen) > _ORDER_CHECK_NODES:
+                return False
+            if node in output_nodes:
+                reached.add(output_nodes[node])
+                continue
+            stack.extend(next_node for next_node, _ in node.next_functions)
+        if reached - {name}:
+            return False
+        matched = matched or name in reached
+    return matched
+
+
+def _check_task_order(
+    ctx: StepContext, outputs: dict[str, torch.Tensor], losses: torch.Tensor
+) -> None:
+    """Once per context: adopt the model's task order for ``ctx.task_params`` if this
+    step's graph shows the losses follow it (see :attr:`StepContext.task_params`)."""
+    ctx.task_order_checked = True
+    tasks = getattr(ctx.model, "tasks", None)
+    if not isinstance(outputs, dict) or not tasks:
+        return
+    names = [getattr(task, "name", task) for task in tasks]
+    if list(outputs) == names and losses_follow_outputs(losses, outputs, names):
+        ctx.task_params = task_parameter_split(ctx.model, names, ctx.task_specific)
 
 
 _TAPS: weakref.WeakKeyDictionary[nn.Module, TaskFeatures] = weakref.WeakKeyDictionary()
@@ -173,6 +259,9 @@ def train_step(
         out = ctx.model(x)
         losses_per_batch.append(compute_losses(out, y))
         features.append(tap.of(out) if tap is not None else None)
+        if ctx.task_params is None and not ctx.task_order_checked and ctx.shared and \
+                isinstance(ctx.strategy, GradientWeighting):
+            _check_task_order(ctx, out, losses_per_batch[-1])
     timer.mark("forward")
     ctx.optimizer.zero_grad(set_to_none=True)
     apply_gradients(losses_per_batch, ctx, timer, features)

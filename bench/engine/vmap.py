@@ -75,7 +75,10 @@ def _feature_seeds(losses: TaskLosses) -> tuple[list[torch.Tensor], list[torch.T
     for t, (handle, scale, feature) in enumerate(
         zip(losses.handles, losses.scales, losses.features, strict=True)
     ):
-        (g,) = _zeros_if_none(_grad(handle, [feature], scale), [feature])
+        own = losses.own_of(t)
+        grads = _grad(handle, [feature, *own], scale)
+        (g,) = _zeros_if_none(grads[:1], [feature])
+        losses.set_own_grads(t, grads[1:])
         k = unique.setdefault(id(feature), len(outputs))
         if k == len(outputs):
             outputs.append(feature)
@@ -90,6 +93,7 @@ def _feature_seeds(losses: TaskLosses) -> tuple[list[torch.Tensor], list[torch.T
         for t, g in grads:
             seed[t] = g
         seeds.append(seed)
+    losses.own_filled = losses.own is not None and losses.mixing is None
     return outputs, seeds
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.assembly import require_engine, step_context
-from bench.engine import ENGINES, apply_gradients
+from bench.engine import ENGINES, apply_gradients, losses_follow_outputs, task_parameter_split
 from bench.tasks import Task
 from strategies import sharing, weighting
 from strategies.weighting import WEIGHTING, GradientWeighting, GramianWeighting
@@ -196,7 +196,7 @@ def test_each_task_backward_traverses_only_its_own_head(engine, strategy):
     strat = weighting.get(strategy)
     strat.reset(num_tasks, torch.device("cpu"), seed=0)
     ctx = step_context(model, strat, ENGINES[engine](),
-                       torch.optim.SGD(model.parameters(), lr=0.1))
+                       torch.optim.SGD(model.parameters(), lr=0.1), tasks=[t.name for t in tasks])
     x = torch.randn(16, 6)
     y = {t.name: torch.randn(16) for t in tasks}
 
@@ -204,9 +204,10 @@ def test_each_task_backward_traverses_only_its_own_head(engine, strategy):
         return torch.stack([t.loss(out[t.name], y[t.name]) for t in tasks])
 
     train_step(ctx, [(x, y)], losses_of)
-    # One Jacobian backward per task, one for the task-specific gradients (and, for a
-    # loss transform, one through the transform).
-    assert counter.calls <= 2 * num_tasks + 1, counter.calls
+    # One backward per task, which also gives that task's head its gradient (a loss
+    # transform's own backward stops at the losses).
+    assert counter.calls == num_tasks, counter.calls
+    assert all(p.grad is not None for p in ctx.task_specific)
 
 
 def test_weighted_heads_get_the_strategy_weights():
@@ -442,3 +443,97 @@ def test_every_gramian_strategy_trains_with_the_autogram_engine(name):
         for p in model.parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert strat.last_weights is not None
+
+
+@pytest.mark.parametrize(("engine", "strategy"), [
+    ("loop", "upgrad"), ("vmap", "upgrad"), ("gramian", "upgrad"), ("autogram", "upgrad"),
+    ("loop", "db_mtl"), ("vmap", "db_mtl"),  # db_mtl: a loss transform (Gramian engines: no)
+])
+@pytest.mark.parametrize(("arch", "shape", "spec"), AUTOGRAM_CASES,
+                         ids=[f"{a}-{len(s)}d" for a, s, _ in AUTOGRAM_CASES])
+def test_heads_filled_in_the_task_backwards_equal_a_separate_backward(
+    engine, strategy, arch, shape, spec
+):
+    # With the task order known (declared to step_context, or the model's own order seen
+    # in the first step's graph) the engines give each task's own parameters their
+    # gradient inside that task's backward; otherwise one backward of the sum of the
+    # task losses does. Every way must set every parameter's gradient alike.
+    grads = {}
+    for mode in ("separate", "declared", "derived"):
+        model, ctx = _heads_case(arch, shape, spec, engine, strategy,
+                                 tasks=[t.name for t in TASKS] if mode == "declared" else None)
+        ctx.task_order_checked = mode == "separate"
+        _step_on_fixed_batch(ctx, shape, TASKS)
+        # Without shared parameters (stl, soft) there is no engine and nothing to derive.
+        expect_split = mode == "declared" or (mode == "derived" and bool(ctx.shared))
+        assert (ctx.task_params is not None) == expect_split, mode
+        grads[mode] = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for mode in ("declared", "derived"):
+        assert grads[mode].keys() == grads["separate"].keys()
+        for name, g in grads["separate"].items():
+            assert grads[mode][name] is not None, (mode, name)
+            torch.testing.assert_close(grads[mode][name], g, rtol=1e-5, atol=1e-7,
+                                       msg=f"{mode}: {name}")
+
+
+def _heads_case(arch, shape, spec, engine, strategy, tasks=None):
+    torch.manual_seed(3)
+    model = sharing.get(arch, shape, TASKS, spec)
+    strat = weighting.get(strategy)
+    strat.reset(3, torch.device("cpu"), seed=0)
+    ctx = step_context(model, strat, ENGINES[engine](),
+                       torch.optim.SGD(model.parameters(), lr=0.0), tasks=tasks)
+    return model, ctx
+
+
+def _step_on_fixed_batch(ctx, shape, order):
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(12, *shape, generator=gen)
+    y = {"a": torch.randn(12, generator=gen), "b": torch.randint(0, 3, (12,), generator=gen),
+         "c": torch.randint(0, 2, (12,), generator=gen).float()}
+    train_step(ctx, [(x, y)],
+               lambda out, y: torch.stack([t.loss(out[t.name], y[t.name]) for t in order]))
+
+
+@pytest.mark.parametrize("engine", ["loop", "autogram"])
+def test_losses_in_another_order_than_the_model_keep_the_separate_head_backward(engine):
+    # The losses list the tasks as (c, a, b): the model's order (a, b, c) is not theirs,
+    # so no split is derived and each head still gets its own task's gradient.
+    order = (TASKS[2], TASKS[0], TASKS[1])
+    model, ctx = _heads_case("hps", (5,), MLP, engine, "upgrad")
+    _step_on_fixed_batch(ctx, (5,), order)
+    assert ctx.task_order_checked and ctx.task_params is None
+    reference, ref_ctx = _heads_case("hps", (5,), MLP, engine, "upgrad",
+                                     tasks=[t.name for t in order])
+    _step_on_fixed_batch(ref_ctx, (5,), order)
+    assert ref_ctx.task_params is not None
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_losses_follow_outputs_reads_the_graph():
+    a = torch.randn(4, requires_grad=True)
+    outputs = {"x": a * 2, "y": a * 3}
+    names = ["x", "y"]
+    own = torch.stack([outputs["x"].square().mean(), outputs["y"].abs().sum()])
+    assert losses_follow_outputs(own, outputs, names)
+    assert not losses_follow_outputs(own, outputs, ["y", "x"])
+    mixed = torch.stack([(outputs["x"] * outputs["y"]).sum(), outputs["y"].sum()])
+    assert not losses_follow_outputs(mixed, outputs, names)
+    # A task without a loss this step (a constant) says nothing; the other must match.
+    assert losses_follow_outputs(torch.stack([outputs["x"].sum(), torch.zeros(())]),
+                                 outputs, names)
+    assert not losses_follow_outputs(torch.zeros(2), outputs, names)
+    assert not losses_follow_outputs(own, outputs, ["x"])
+
+
+def test_task_parameter_split_refuses_overlapping_or_incomplete_lists():
+    model = sharing.get("hps", (5,), TASKS)
+    names = [t.name for t in TASKS]
+    specific = [p for p in model.parameters()
+                if all(p is not q for q in model.shared_parameters())]
+    split = task_parameter_split(model, names, specific)
+    assert split is not None and [len(ps) for ps in split] == [2, 2, 2]
+    assert task_parameter_split(model, names[:2], specific) is None  # task c's head missing
+    assert task_parameter_split(model, [*names, "a"], specific) is None  # a's listed twice
+    assert task_parameter_split(torch.nn.Linear(2, 2), names, specific) is None
