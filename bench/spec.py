@@ -117,7 +117,7 @@ class TrainSettings(pydantic.BaseModel):
     # Multi-input data: samples per task per step on average (a step holds batch_size * T).
     batch_size: Annotated[int, Field(ge=1)] = 128
     eval_batch_size: Annotated[int, Field(ge=1)] = 4096
-    engine: Literal["loop", "vmap", "gramian", "autogram", "rep"] = "loop"
+    engine: Literal["loop", "vmap", "gramian", "autogram", "auto", "rep"] = "loop"
     # Gradient-based strategies: what trains the task heads. "method": the strategy's own
     # default (its official code); "own": each task's own loss gradient (torchjd's
     # mtl_backward); "weighted": w_t times it, with the strategy's task weights.

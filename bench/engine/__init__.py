@@ -20,6 +20,8 @@ Engines differ in how J is obtained, so their cost is an ablation axis:
   layers from their recorded inputs and per-task output gradients, then one backward
   of ``sum_t w_t L_t`` (Algorithm 3 of Quinton & Rey, "Jacobian Descent for
   Multi-Objective Optimization", 2024; ``GramianWeighting`` strategies only);
+- ``auto``: ``autogram`` for Gramian strategies from 8 tasks on (where it is measured
+  faster), ``loop`` otherwise;
 - ``rep``: J of the shared representation (MGDA-UB style, approximate, cheap);
   the direction is backpropagated through the shared trunk. Only for strategies
   declaring ``supports_rep`` on architectures exposing a representation.
@@ -27,12 +29,14 @@ Engines differ in how J is obtained, so their cost is an ablation axis:
 Modules: ``step`` (``train_step``, ``apply_gradients``, ``StepContext``, timers),
 ``losses`` (``TaskLosses``, ``loss_handles``, ``TaskFeatures``), ``base``
 (``GradientEngine``: ``require_support``, ``task_gradients``, ``shared_gradients``),
-one per engine: ``loop``, ``vmap`` (``vmap`` and ``gramian``), ``autogram``, ``rep``.
+one per engine: ``loop``, ``vmap`` (``vmap`` and ``gramian``), ``autogram``, ``auto``,
+``rep``.
 ``ENGINES`` below maps each engine's name to its class.
 """
 
 from __future__ import annotations
 
+from bench.engine.auto import AutoEngine
 from bench.engine.autogram import AutogramEngine, LayerTap
 from bench.engine.base import GradientEngine
 from bench.engine.loop import LoopEngine
@@ -53,6 +57,7 @@ from bench.engine.vmap import GramianEngine, VmapEngine
 
 __all__ = [
     "ENGINES",
+    "AutoEngine",
     "AutogramEngine",
     "GradientEngine",
     "GramianEngine",
@@ -78,5 +83,6 @@ __all__ = [
 
 #: The engines by name (``train.engine`` in a spec).
 ENGINES: dict[str, type[GradientEngine]] = {
-    e.name: e for e in (LoopEngine, VmapEngine, GramianEngine, AutogramEngine, RepEngine)
+    e.name: e
+    for e in (LoopEngine, VmapEngine, GramianEngine, AutogramEngine, AutoEngine, RepEngine)
 }

@@ -22,7 +22,7 @@ from strategies.weighting.base import GradientWeighting, GramianWeighting
 if TYPE_CHECKING:
     from bench.engine.step import StepContext, Timer
 
-__all__ = ["AutogramEngine", "LayerTap"]
+__all__ = ["AutogramEngine", "LayerTap", "recorded_fraction"]
 
 #: Layers whose Gramian contribution is computed from their input and output gradient.
 _LAYER_TYPES = (nn.Linear, nn.Conv2d)
@@ -101,6 +101,17 @@ def _unfoldable(module: nn.Module) -> bool:
 
 
 _LAYER_TAPS: weakref.WeakKeyDictionary[nn.Module, LayerTap] = weakref.WeakKeyDictionary()
+
+
+def recorded_fraction(model: nn.Module, shared: Sequence[torch.Tensor]) -> float:
+    """Fraction of the elements of ``shared`` held by the layers the model's
+    :class:`LayerTap` records (0 before :meth:`AutogramEngine.prepare` installed one);
+    the rest get explicit per-task gradients in the autogram engine."""
+    tap = _LAYER_TAPS.get(model)
+    recorded = {id(p) for layer in (tap.calls if tap is not None else ())
+                for p in layer.parameters(recurse=False)}
+    total = sum(p.numel() for p in shared)
+    return sum(p.numel() for p in shared if id(p) in recorded) / total if total else 0.0
 
 
 def _rows(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

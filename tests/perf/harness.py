@@ -68,6 +68,9 @@ OURS_PARAMS: dict[str, Callable[[int], dict[str, Any]]] = {
 LOSS_BASED = ("uw", "dwa", "famo", "rlw")
 REFERENCE = "ew"
 
+#: Our engines timed by default: the trials' engine, ``auto`` and ``autogram``.
+DEFAULT_ENGINES = "default,auto,autogram"
+
 #: Every measured group of this session, for the summary table (see conftest.py).
 RESULTS: list[GroupResult] = []
 
@@ -518,27 +521,31 @@ def table(results: Sequence[GroupResult]) -> str:
     return "\n".join(lines).lstrip("\n")
 
 
-def readme_table(results: Sequence[GroupResult], engine: str) -> str:
-    """Markdown for the README: per strategy, ours (``engine``) / torchjd's faster step and
-    ours / floor at each T (gradient-based strategies that torchjd has), then loss-based
-    strategies / ew (FAMO without its post-step forward); median [95% interval]."""
+def readme_table(results: Sequence[GroupResult], engines: Sequence[str]) -> str:
+    """Markdown for the README: per strategy and engine of ``engines``, ours / torchjd's
+    faster step and ours / floor at each T (gradient-based strategies that torchjd has),
+    then loss-based strategies / ew (FAMO without its post-step forward); median [95%
+    interval]."""
     tasks = sorted({r.num_tasks for r in results})
     by = {(r.strategy, r.num_tasks): r for r in results}
-    name = f"ours[{engine}]/"
-    grad = sorted({r.strategy for r in results if r.gradient
-                   and any(k.startswith(name + "torchjd") for k in r.ratios)})
     ts = " | ".join(f"T={T}" for T in tasks)
-    lines = [f"| strategy ({engine} engine) | / torchjd {ts} | / floor {ts} |",
-             "|---|" + "---|" * (2 * len(tasks))]
+    lines = [f"| strategy | engine | / torchjd {ts} | / floor {ts} |",
+             "|---|---|" + "---|" * (2 * len(tasks))]
 
     def cell(strategy: str, T: int, key: str) -> str:
         r = by.get((strategy, T))
         ratio = r.ratios.get(key) if r is not None else None
         return ratio.text() if ratio is not None else "-"
 
-    for s in grad:
-        lines.append(f"| {s} | " + " | ".join(cell(s, T, name + "torchjd") for T in tasks)
-                     + " | " + " | ".join(cell(s, T, name + "floor") for T in tasks) + " |")
+    for s in sorted({r.strategy for r in results if r.gradient}):
+        for engine in engines:
+            name = f"ours[{engine}]/"
+            if not any(k.startswith(name + "torchjd") for T in tasks if (s, T) in by
+                       for k in by[(s, T)].ratios):
+                continue
+            lines.append(f"| {s} | {engine} | "
+                         + " | ".join(cell(s, T, name + "torchjd") for T in tasks) + " | "
+                         + " | ".join(cell(s, T, name + "floor") for T in tasks) + " |")
     loss = sorted({r.strategy for r in results if not r.gradient})
     if loss:
         lines += ["", f"| loss-based | / ew {ts} |", "|---|" + "---|" * len(tasks)]

@@ -16,9 +16,10 @@ produced finite shared gradients.
 
 Environment: ``MTLBENCH_PERF_TASKS`` (default ``2,10,40``), ``MTLBENCH_PERF_ROUNDS``
 (timed rounds per group, default 20), ``MTLBENCH_PERF_WARMUP`` (default 3),
-``MTLBENCH_PERF_ENGINES`` (our engines, comma-separated; default ``default,autogram``:
-the engine trials use, ``train.engine``, and the hook-based Gramian engine; an engine
-that cannot serve a strategy, or does not exist, is skipped),
+``MTLBENCH_PERF_ENGINES`` (our engines, comma-separated; default ``default,auto,autogram``:
+the engine trials use, ``train.engine``, the engine that picks autogram where it is
+faster, and the hook-based Gramian engine; an engine that cannot serve a strategy, or
+does not exist, is skipped),
 ``MTLBENCH_PERF_STRATEGIES`` (a subset), ``MTLBENCH_PERF_THREADS`` (default 1),
 ``MTLBENCH_PERF_OUT`` (default ``results/perf``).
 """
@@ -35,7 +36,7 @@ from . import harness as H
 TASKS = [int(t) for t in os.environ.get("MTLBENCH_PERF_TASKS", "2,10,40").split(",") if t]
 ROUNDS = int(os.environ.get("MTLBENCH_PERF_ROUNDS", "20"))
 WARMUP = int(os.environ.get("MTLBENCH_PERF_WARMUP", "3"))
-ENGINES = H.engine_list(os.environ.get("MTLBENCH_PERF_ENGINES", "default,autogram"))
+ENGINES = H.engine_list(os.environ.get("MTLBENCH_PERF_ENGINES", H.DEFAULT_ENGINES))
 THREADS = int(os.environ.get("MTLBENCH_PERF_THREADS", "1"))
 BENCH_ROUNDS = 3  # pytest-benchmark's own rounds of our step (the table uses the above)
 

@@ -54,7 +54,7 @@ class _SumOfRows(GramianWeighting):
         return torch.ones(len(gramian), dtype=gramian.dtype, device=gramian.device)
 
 
-@pytest.mark.parametrize("engine", ["loop", "vmap", "gramian", "autogram"])
+@pytest.mark.parametrize("engine", ["loop", "vmap", "gramian", "autogram", "auto"])
 def test_gradient_path_with_sum_equals_loss_path_with_ew(engine):
     model, losses, ctx = _setup("cpu", strategy=_SumOfRows(), engine=engine)
     apply_gradients([losses], ctx)
@@ -448,6 +448,7 @@ def test_every_gramian_strategy_trains_with_the_autogram_engine(name):
 @pytest.mark.parametrize(("engine", "strategy"), [
     ("loop", "upgrad"), ("vmap", "upgrad"), ("gramian", "upgrad"), ("autogram", "upgrad"),
     ("loop", "db_mtl"), ("vmap", "db_mtl"),  # db_mtl: a loss transform (Gramian engines: no)
+    ("auto", "upgrad"), ("auto", "db_mtl"),
 ])
 @pytest.mark.parametrize(("arch", "shape", "spec"), AUTOGRAM_CASES,
                          ids=[f"{a}-{len(s)}d" for a, s, _ in AUTOGRAM_CASES])
@@ -537,3 +538,46 @@ def test_task_parameter_split_refuses_overlapping_or_incomplete_lists():
     assert task_parameter_split(model, names[:2], specific) is None  # task c's head missing
     assert task_parameter_split(model, [*names, "a"], specific) is None  # a's listed twice
     assert task_parameter_split(torch.nn.Linear(2, 2), names, specific) is None
+
+
+@pytest.mark.parametrize(("strategy", "num_tasks", "expected"), [
+    ("upgrad", 10, "autogram"), ("imtl_g", 8, "autogram"),  # Gramian, from 8 tasks on
+    ("upgrad", 4, "loop"),  # too few tasks: loop is measured faster
+    ("graddrop", 10, "loop"), ("excess_mtl", 10, "loop"),  # not Gramian strategies
+])
+def test_auto_engine_runs_autogram_only_where_it_is_the_faster_engine(
+    strategy, num_tasks, expected
+):
+    tasks = tuple(Task(f"t{i}", "regression") for i in range(num_tasks))
+    runs = {}
+    for engine in ("auto", expected):
+        torch.manual_seed(0)
+        model = sharing.get("hps", (6,), tasks, MLP)
+        strat = weighting.get(strategy)
+        strat.reset(num_tasks, torch.device("cpu"), seed=0)
+        eng = ENGINES[engine]()
+        ctx = step_context(model, strat, eng, torch.optim.SGD(model.parameters(), lr=0.1))
+        x = torch.randn(16, 6, generator=torch.Generator().manual_seed(1))
+        y = {t.name: torch.ones(16) for t in tasks}
+        train_step(ctx, [(x, y)],
+                   lambda out, y: torch.stack([t.loss(out[t.name], y[t.name]) for t in tasks]))
+        if engine == "auto":
+            assert eng.choice(strat, num_tasks, model, ctx.shared).name == expected
+        runs[engine] = [p.grad for p in model.parameters()]
+    for a, b in zip(runs["auto"], runs[expected], strict=True):
+        assert torch.equal(a, b)  # the very step of the chosen engine
+
+
+def test_auto_engine_keeps_loop_when_few_shared_parameters_are_recorded():
+    # A shared parameter outside Linear / Conv2d layers (here: all of them) would get
+    # explicit per-task gradients in autogram; auto keeps loop for such a model.
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(6))
+
+    model = Scaled()
+    engine = ENGINES["auto"]()
+    engine.prepare(model, [model.scale])
+    strat = weighting.get("upgrad")
+    assert engine.choice(strat, 12, model, [model.scale]).name == "loop"
