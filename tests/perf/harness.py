@@ -66,6 +66,8 @@ OURS_PARAMS: dict[str, Callable[[int], dict[str, Any]]] = {
 
 #: Loss-based strategies timed against ``ew`` (FAMO: its extra forward is allowed).
 LOSS_BASED = ("uw", "dwa", "famo", "rlw")
+#: Loss-based groups take this many times the rounds (see ``test_step_perf.py``).
+LOSS_ROUNDS = 5
 REFERENCE = "ew"
 
 #: Our engines timed by default: the trials' engine, ``auto`` and ``autogram``.
@@ -100,6 +102,12 @@ def torchjd_pair(strategy: str, T: int) -> tuple[Any, Any] | None:
     }
     make = table.get(strategy)
     return make() if make is not None else None
+
+
+def rounds_for(strategy: str, rounds: int) -> int:
+    """Timed rounds of ``strategy``'s group: ``LOSS_ROUNDS`` x ``rounds`` for a
+    loss-based strategy (steps of a few ms, a 5% target), else ``rounds``."""
+    return rounds * LOSS_ROUNDS if WEIGHTING.get(strategy).needs != "jacobian" else rounds
 
 
 def perf_device() -> str:
@@ -529,8 +537,7 @@ def readme_table(results: Sequence[GroupResult], engines: Sequence[str]) -> str:
     tasks = sorted({r.num_tasks for r in results})
     by = {(r.strategy, r.num_tasks): r for r in results}
     ts = " | ".join(f"T={T}" for T in tasks)
-    lines = [f"| strategy | engine | / torchjd {ts} | / floor {ts} |",
-             "|---|---|" + "---|" * (2 * len(tasks))]
+    lines: list[str] = []
 
     def cell(strategy: str, T: int, key: str) -> str:
         r = by.get((strategy, T))
@@ -543,12 +550,16 @@ def readme_table(results: Sequence[GroupResult], engines: Sequence[str]) -> str:
             if not any(k.startswith(name + "torchjd") for T in tasks if (s, T) in by
                        for k in by[(s, T)].ratios):
                 continue
+            if not lines:
+                lines = [f"| strategy | engine | / torchjd {ts} | / floor {ts} |",
+                         "|---|---|" + "---|" * (2 * len(tasks))]
             lines.append(f"| {s} | {engine} | "
                          + " | ".join(cell(s, T, name + "torchjd") for T in tasks) + " | "
                          + " | ".join(cell(s, T, name + "floor") for T in tasks) + " |")
     loss = sorted({r.strategy for r in results if not r.gradient})
     if loss:
-        lines += ["", f"| loss-based | / ew {ts} |", "|---|" + "---|" * len(tasks)]
+        lines += [*([""] if lines else []), f"| loss-based | / ew {ts} |",
+                  "|---|" + "---|" * len(tasks)]
         for s in loss:
             def key(T: int, s: str = s) -> str:
                 r = by.get((s, T))

@@ -15,7 +15,9 @@ table shows each ratio against issue 13's target). It asserts only that every st
 produced finite shared gradients.
 
 Environment: ``MTLBENCH_PERF_TASKS`` (default ``2,10,40``), ``MTLBENCH_PERF_ROUNDS``
-(timed rounds per group, default 20), ``MTLBENCH_PERF_WARMUP`` (default 3),
+(timed rounds per group, default 20; loss-based groups take ``harness.LOSS_ROUNDS``
+times as many: their steps are a few ms and their target is 5%, so 20 rounds
+leave an interval wider than the effect), ``MTLBENCH_PERF_WARMUP`` (default 3),
 ``MTLBENCH_PERF_ENGINES`` (our engines, comma-separated; default ``default,auto,autogram``:
 the engine trials use, ``train.engine``, the engine that picks autogram where it is
 faster, and the hook-based Gramian engine; an engine that cannot serve a strategy, or
@@ -64,7 +66,8 @@ def _threads():
 @pytest.mark.parametrize(("num_tasks", "strategy"), CASES,
                          ids=[f"T{T}-{s}" for T, s in CASES])
 def test_step(benchmark, num_tasks, strategy):
-    res, runners = H.run_group(strategy, num_tasks, engines=ENGINES, rounds=ROUNDS,
+    rounds = H.rounds_for(strategy, ROUNDS)
+    res, runners = H.run_group(strategy, num_tasks, engines=ENGINES, rounds=rounds,
                                warmup=WARMUP, device=H.perf_device())
     H.RESULTS.append(res)
     for runner in runners:
@@ -72,6 +75,6 @@ def test_step(benchmark, num_tasks, strategy):
             assert p.grad is not None and torch.isfinite(p.grad).all(), runner.name
     benchmark.group = f"T={num_tasks}"
     benchmark.extra_info.update(res.to_dict())
-    benchmark.extra_info.update(rounds=ROUNDS, warmup=WARMUP, clock=H.clock_note(THREADS))
+    benchmark.extra_info.update(rounds=rounds, warmup=WARMUP, clock=H.clock_note(THREADS))
     ours = runners[0]
     benchmark.pedantic(H.step_fn(ours), rounds=BENCH_ROUNDS, warmup_rounds=1, iterations=1)
