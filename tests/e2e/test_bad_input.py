@@ -58,7 +58,7 @@ CASES = [
     ("hp-no-name", ('"pcgrad"', "{ temperature = 1.0 }"), [], "weighting[1]: needs a 'name'"),
     ("device", ("batch_size = 64", 'batch_size = 64\ndevice = "tpu"'), [], "train.device: String should match pattern"),
     ("optimizer", ("batch_size = 64", 'batch_size = 64\noptimizer = "adagrad"'), [], "train.optimizer: Input should be 'adam', 'adamw' or 'sgd'"),
-    ("engine-unknown", ("batch_size = 64", 'batch_size = 64\nengine = "jit"'), [], "train.engine: Input should be 'loop', 'vmap', 'gramian', 'autogram' or 'rep'"),
+    ("engine-unknown", ("batch_size = 64", 'batch_size = 64\nengine = "jit"'), [], "train.engine: Input should be 'loop', 'vmap', 'gramian', 'autogram', 'auto' or 'rep'"),
     ("engine-gramian", ('"pcgrad"', '"graddrop"'), ["--set", "train.engine=gramian"], "train.engine: engine 'gramian' needs a strategy whose direction is weights(J J^T) @ J; 'graddrop' is not one"),
     ("engine-rep", (), ["--set", "train.engine=rep"], "train.engine: engine 'rep' is not defined for strategy 'pcgrad'"),
     ("include-unknown", ("[model]", 'include = [{ weighting = "mgda" }]\n[model]'), [], "include[0].weighting: 'mgda' is not in the sweep's weighting axis"),
