@@ -132,7 +132,6 @@ def step_context(
     )
 
 
-
 @dataclass
 class TrainingStep:
     """A built training step (see the module docstring); :meth:`step` runs one."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -40,7 +41,7 @@ class AutoEngine(GradientEngine):
         self.min_covered = min_covered
         self.loop = LoopEngine()
         self.autogram = AutogramEngine()
-        self._covered: dict[int, bool] = {}
+        self._covered: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
     def prepare(self, model: nn.Module, shared: Sequence[torch.Tensor]) -> None:
         # The layers are recorded during every forward; whether the record is used is
@@ -70,11 +71,9 @@ class AutoEngine(GradientEngine):
         return self.loop
 
     def _mostly_recorded(self, model: nn.Module, shared: Sequence[torch.Tensor]) -> bool:
-        known = self._covered.get(id(model))
+        known = self._covered.get(model)
         if known is None:
-            known = self._covered[id(model)] = (
-                recorded_fraction(model, shared) >= self.min_covered
-            )
+            known = self._covered[model] = recorded_fraction(model, shared) >= self.min_covered
         return known
 
     def shared_gradients(

@@ -43,5 +43,5 @@ class LoopEngine(GradientEngine):
             torch.cat([g.reshape(-1) for g in _zeros_if_none(grads[: len(params)], params)],
                       out=row)
             losses.set_own_grads(task, grads[len(params):])
-        losses.own_filled = losses.own is not None and losses.mixing is None
+        losses.own_filled = losses.folds_own
         return losses.mix(jac)

@@ -110,12 +110,16 @@ class TaskLosses:
         #: Set by an engine that gave every ``own`` parameter its gradient.
         self.own_filled = False
 
-    def own_of(self, task: int) -> list[torch.Tensor]:
-        """Task ``task``'s own parameters to differentiate in its backward; none when the
+    @property
+    def folds_own(self) -> bool:
+        """Whether an engine should fill ``own`` in the task backwards: not when the
         transform mixes tasks (a head's gradient then depends on every task's seed)."""
-        if self.own is None or self.mixing is not None:
-            return []
-        return self.own[task]
+        return self.own is not None and self.mixing is None
+
+    def own_of(self, task: int) -> list[torch.Tensor]:
+        """Task ``task``'s own parameters to differentiate in its backward (see
+        :attr:`folds_own`)."""
+        return self.own[task] if self.folds_own and self.own is not None else []
 
     def set_own_grads(self, task: int, grads: Sequence[torch.Tensor | None]) -> None:
         """Give task ``task``'s own parameters their gradients (zeros where unused)."""

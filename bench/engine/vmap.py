@@ -93,7 +93,7 @@ def _feature_seeds(losses: TaskLosses) -> tuple[list[torch.Tensor], list[torch.T
         for t, g in grads:
             seed[t] = g
         seeds.append(seed)
-    losses.own_filled = losses.own is not None and losses.mixing is None
+    losses.own_filled = losses.folds_own
     return outputs, seeds
 
 
